@@ -65,6 +65,24 @@ absl::Status AttendReference(const TileLayout& layout, int num_kv_heads,
                              int num_q_heads, float softmax_scale, float* out, float* lse,
                              bool use_float64 = false);
 
+// Rotates `tokens` rows of D floats (NOT rotated) into the FP16 section form of DESIGN
+// §3.3: out[t][d] = fp16(x[t] · H)[d], round to nearest even. head_dim a power of two.
+void RotateToHalf(int head_dim, int tokens, const float* x, uint16_t* out);
+
+// Writes one FP16 block section (BlockEncoding::kFp16) for one layer:
+// [num_kv_heads][K tokens×D][V tokens×D] fp16 rotated, from k, v [tokens][num_kv_heads][D]
+// fp32 NOT rotated (the [tokens, kv_heads, head_dim] layout of a paged cache block).
+// out: num_kv_heads·2·tokens·D fp16 values.
+void EncodeFp16Section(int head_dim, int num_kv_heads, int tokens, const float* k,
+                       const float* v, uint16_t* out);
+
+// Decompresses one record to FP16: k, v [G][D]. With rotated == false (the default) the
+// values are rotated back (x = x_rot · H, what a prefill node's FP16 paged cache holds);
+// with rotated == true they stay in the rotated frame. fp32 arithmetic, then one rounding
+// to fp16 (nearest even).
+void DecompressTile(const TileLayout& layout, const uint8_t* record, uint16_t* k, uint16_t* v,
+                    bool rotated = false);
+
 }  // namespace kvtier::kernels::cpu
 
 #endif  // KVTIER_KERNELS_CPU_CODEC_H_

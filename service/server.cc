@@ -1,0 +1,816 @@
+#include "service/server.h"
+
+#include <openssl/rand.h>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "common/status_macros.h"
+#include "kvtier/v1/kvtier.grpc.pb.h"
+#include "service/auth.h"
+#include "service/metrics.h"
+#ifdef KVTIER_HAVE_UCX_DATA_PLANE
+#include "service/ucx/ucx_server.h"
+#endif
+
+namespace kvtier::service {
+
+const char* ServerVersion() { return "0.1.0"; }
+
+namespace {
+
+namespace v1 = ::kvtier::v1;
+using storage::BlockKey;
+using storage::TieredStore;
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+// The metric families of docs/service-contract.md.
+struct ServiceMetrics {
+  Registry reg;
+  NamespaceLabeler ns;
+  CounterFamily& lookup_requests = reg.AddCounter(
+      "kvtier_lookup_requests_total", "Lookup requests", {"namespace", "transport"});
+  CounterFamily& lookup_blocks =
+      reg.AddCounter("kvtier_lookup_blocks_total",
+                     "Blocks looked up: hit = leading blocks present, miss = the rest",
+                     {"namespace", "result"});
+  CounterFamily& lookup_tokens = reg.AddCounter(
+      "kvtier_lookup_tokens_total", "Tokens looked up (block_tokens x blocks), by result",
+      {"namespace", "result"});
+  CounterFamily& put_blocks = reg.AddCounter("kvtier_put_blocks_total",
+                                             "Blocks received by Put", {"namespace", "result"});
+  CounterFamily& get_blocks =
+      reg.AddCounter("kvtier_get_blocks_total", "Blocks served by Get", {"tier", "result"});
+  GaugeFamily& stored_blocks = reg.AddGauge("kvtier_stored_blocks", "Blocks held", {"tier"});
+  GaugeFamily& stored_bytes =
+      reg.AddGauge("kvtier_stored_bytes", "Payload bytes held", {"tier"});
+  GaugeFamily& capacity_bytes =
+      reg.AddGauge("kvtier_capacity_bytes", "Configured capacity in bytes", {"tier"});
+  CounterFamily& evictions = reg.AddCounter("kvtier_evictions_total", "Evicted blocks", {"tier"});
+  CounterFamily& dedup_saved = reg.AddCounter(
+      "kvtier_dedup_saved_bytes_total", "Bytes not stored again thanks to dedup", {});
+  CounterFamily& corrupt_dropped = reg.AddCounter(
+      "kvtier_corrupt_blocks_dropped_total", "Stored blocks that failed validation", {});
+  CounterFamily& requests = reg.AddCounter(
+      "kvtier_requests_total", "Finished requests by gRPC status code name",
+      {"method", "transport", "code"});
+  HistogramFamily& duration =
+      reg.AddHistogram("kvtier_request_duration_seconds", "Request latency in seconds",
+                       {"method", "transport"}, DefaultLatencyBuckets());
+  CounterFamily& transfer_bytes = reg.AddCounter(
+      "kvtier_transfer_bytes_total", "Payload bytes moved", {"transport", "direction"});
+  GaugeFamily& inflight =
+      reg.AddGauge("kvtier_inflight_requests", "Requests being served", {"transport"});
+  GaugeFamily& build_info = reg.AddGauge("kvtier_build_info", "Build information", {"version"});
+
+  void OnRequest(absl::string_view method, absl::string_view transport, absl::StatusCode code,
+                 double seconds, uint64_t bytes_in, uint64_t bytes_out) {
+    const std::string code_name = absl::StatusCodeToString(code);
+    requests.Add({method, transport, code_name});
+    duration.Observe({method, transport}, seconds);
+    if (bytes_in) transfer_bytes.Add({transport, "in"}, static_cast<double>(bytes_in));
+    if (bytes_out) transfer_bytes.Add({transport, "out"}, static_cast<double>(bytes_out));
+  }
+
+  void CountLookup(absl::string_view ns_name, absl::string_view transport, size_t chain_len,
+                   size_t hit, uint32_t block_tokens) {
+    const std::string label = ns.Label(ns_name);
+    lookup_requests.Add({label, transport});
+    lookup_blocks.Add({label, "hit"}, static_cast<double>(hit));
+    lookup_blocks.Add({label, "miss"}, static_cast<double>(chain_len - hit));
+    if (block_tokens > 0) {
+      lookup_tokens.Add({label, "hit"}, static_cast<double>(hit) * block_tokens);
+      lookup_tokens.Add({label, "miss"}, static_cast<double>(chain_len - hit) * block_tokens);
+    }
+  }
+};
+
+// UCX session tokens: 32 random bytes bound to the caller's grant, with an expiry.
+class UcxSessions {
+ public:
+  absl::StatusOr<std::string> Mint(const Grant& grant, absl::Time expires) {
+    std::string token(32, '\0');
+    if (RAND_bytes(reinterpret_cast<unsigned char*>(token.data()), 32) != 1) {
+      return absl::InternalError("RAND_bytes failed");
+    }
+    absl::MutexLock l(&mu_);
+    // Drop expired sessions while we hold the lock; the table stays small.
+    const absl::Time now = absl::Now();
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+      if (it->second.expires <= now) {
+        sessions_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+    sessions_[token] = Session{grant, expires};
+    return token;
+  }
+  absl::Status Authorize(absl::string_view token, absl::string_view ns, bool write) {
+    absl::MutexLock l(&mu_);
+    auto it = sessions_.find(token);
+    if (it == sessions_.end()) return absl::UnauthenticatedError("unknown UCX session token");
+    if (it->second.expires <= absl::Now()) {
+      sessions_.erase(it);
+      return absl::UnauthenticatedError("UCX session expired");
+    }
+    return it->second.grant.Check(ns, write);
+  }
+
+ private:
+  struct Session {
+    Grant grant;
+    absl::Time expires;
+  };
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, Session> sessions_ ABSL_GUARDED_BY(mu_);
+};
+
+// Everything the reactors share. Constant after construction except the atomics and the
+// internally synchronized members.
+struct State {
+  std::unique_ptr<TieredStore> store;
+  std::unique_ptr<Authorizer> auth;
+  ServiceMetrics metrics;
+  UcxSessions sessions;
+  Limits limits;
+  int max_streams = 1024;
+  int ucx_port = 0;
+  absl::Duration session_ttl = absl::Hours(1);
+  std::atomic<int> streams{0};
+  std::atomic<bool> draining{false};
+  absl::Time start_time = absl::Now();
+};
+
+absl::StatusOr<Grant> Authenticate(State* st, grpc::CallbackServerContext* ctx) {
+  const auto& md = ctx->client_metadata();
+  auto it = md.find("authorization");
+  absl::string_view value;
+  if (it != md.end()) value = absl::string_view(it->second.data(), it->second.size());
+  return st->auth->Authenticate(value);
+}
+
+// Measures one gRPC request for kvtier_requests_total, the latency histogram, inflight and
+// transfer bytes.
+class RequestScope {
+ public:
+  RequestScope(State* st, const char* method) : st_(st), method_(method), start_(absl::Now()) {
+    st_->metrics.inflight.Add({"grpc"}, 1);
+  }
+  void Done(absl::StatusCode code) {
+    if (done_) return;
+    done_ = true;
+    st_->metrics.inflight.Add({"grpc"}, -1);
+    st_->metrics.OnRequest(method_, "grpc", code, absl::ToDoubleSeconds(absl::Now() - start_),
+                           bytes_in, bytes_out);
+  }
+  ~RequestScope() { Done(absl::StatusCode::kCancelled); }
+  uint64_t bytes_in = 0;
+  uint64_t bytes_out = 0;
+
+ private:
+  State* st_;
+  const char* method_;
+  absl::Time start_;
+  bool done_ = false;
+};
+
+BlockKey MakeKey(absl::string_view ns, const kernels::ChainHash& h, uint32_t part) {
+  BlockKey k;
+  k.ns = std::string(ns);
+  k.chain = h;
+  k.part = part;
+  return k;
+}
+
+// ---------------------------------------------------------------------------------------
+// Put: a client stream of header, chunk..., header, chunk...; validated as blocks complete,
+// committed on half-close, all or nothing.
+class PutReactor : public grpc::ServerReadReactor<v1::PutRequest> {
+ public:
+  PutReactor(State* st, grpc::CallbackServerContext* ctx, v1::PutResponse* resp)
+      : st_(st), resp_(resp), scope_(st, "Put") {
+    if (st_->streams.fetch_add(1) >= st_->max_streams) {
+      Fail(absl::ResourceExhaustedError(
+          absl::StrCat("too many concurrent streams (limit ", st_->max_streams, ")")));
+      return;
+    }
+    absl::StatusOr<Grant> g = Authenticate(st_, ctx);
+    if (!g.ok()) {
+      Fail(g.status());
+      return;
+    }
+    grant_ = *std::move(g);
+    StartRead(&req_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      Commit();
+      return;
+    }
+    absl::Status s = Consume();
+    if (!s.ok()) {
+      Fail(s);
+      return;
+    }
+    StartRead(&req_);
+  }
+
+  void OnDone() override {
+    st_->streams.fetch_sub(1);
+    delete this;
+  }
+
+ private:
+  struct Block {
+    BlockKey key;
+    uint64_t payload_bytes = 0;
+    std::vector<uint8_t> data;
+    bool complete() const { return data.size() == payload_bytes; }
+  };
+
+  absl::Status Consume() {
+    switch (req_.part_case()) {
+      case v1::PutRequest::kHeader: return OnHeader(req_.header());
+      case v1::PutRequest::kChunk: return OnChunk(req_.chunk());
+      default: return absl::InvalidArgumentError("PutRequest has neither header nor chunk");
+    }
+  }
+
+  absl::Status OnHeader(const v1::PutBlockHeader& h) {
+    const size_t index = blocks_.size();
+    if (!blocks_.empty() && !blocks_.back().complete()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "header of block ", index, " arrived before block ", index - 1, "'s payload was complete (",
+          blocks_.back().data.size(), " of ", blocks_.back().payload_bytes, " bytes)"));
+    }
+    if (index >= st_->limits.max_blocks_per_put) {
+      return absl::InvalidArgumentError(absl::StrCat("Put stream has more than ",
+                                                     st_->limits.max_blocks_per_put, " blocks"));
+    }
+    KVTIER_RETURN_IF_ERROR(ValidateNamespace(h.key().namespace_()));
+    KVTIER_ASSIGN_OR_RETURN(
+        kernels::ChainHash hash,
+        ParseHash(h.key().chain_hash(), absl::StrCat("block ", index, " key.chain_hash")));
+    if (h.payload_bytes() < kernels::kPayloadHeaderBytes ||
+        h.payload_bytes() > kernels::kMaxPayloadBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "block ", index, " payload_bytes ", h.payload_bytes(), " outside [",
+          kernels::kPayloadHeaderBytes, ", ", kernels::kMaxPayloadBytes, "]"));
+    }
+    if (buffered_ + h.payload_bytes() > st_->limits.max_put_stream_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Put stream exceeds ", st_->limits.max_put_stream_bytes,
+                       " payload bytes; split it into several streams"));
+    }
+    KVTIER_RETURN_IF_ERROR(grant_.Check(h.key().namespace_(), /*write=*/true));
+    Block b;
+    b.key = MakeKey(h.key().namespace_(), hash, h.key().part());
+    b.payload_bytes = h.payload_bytes();
+    // Grow with the chunks actually received rather than trusting the declared size.
+    b.data.reserve(std::min<uint64_t>(h.payload_bytes(), uint64_t{64} << 20));
+    buffered_ += h.payload_bytes();
+    blocks_.push_back(std::move(b));
+    return absl::OkStatus();
+  }
+
+  absl::Status OnChunk(const std::string& chunk) {
+    if (blocks_.empty()) return absl::InvalidArgumentError("payload chunk before any header");
+    Block& b = blocks_.back();
+    const size_t index = blocks_.size() - 1;
+    if (b.complete()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "payload chunk after block ", index, " was complete (", b.payload_bytes, " bytes)"));
+    }
+    if (chunk.empty() || chunk.size() > kMaxChunkBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk of ", chunk.size(), " bytes; chunks are 1 byte .. 4 MiB"));
+    }
+    if (chunk.size() > b.payload_bytes - b.data.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "chunks of block ", index, " exceed its payload_bytes ", b.payload_bytes));
+    }
+    const size_t before = b.data.size();
+    b.data.insert(b.data.end(), chunk.begin(), chunk.end());
+    scope_.bytes_in += chunk.size();
+    if (before < kernels::kPayloadHeaderBytes && b.data.size() >= kernels::kPayloadHeaderBytes) {
+      // Early check of the payload header against the declared size: a mismatch is
+      // rejected before the rest of the body is buffered.
+      uint32_t magic;
+      uint64_t body_bytes;
+      std::memcpy(&magic, b.data.data(), 4);
+      std::memcpy(&body_bytes, b.data.data() + 36, 8);
+      if (magic != kernels::kPayloadMagic) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("block ", index, ": invalid block payload: bad magic"));
+      }
+      if (body_bytes > kernels::kMaxPayloadBytes ||
+          body_bytes + kernels::kPayloadHeaderBytes != b.payload_bytes) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("block ", index, ": payload header says ",
+                         body_bytes + kernels::kPayloadHeaderBytes, " bytes, PutBlockHeader says ",
+                         b.payload_bytes));
+      }
+    }
+    if (b.complete()) {
+      absl::StatusOr<kernels::PayloadView> v = kernels::ValidatePayload(b.data);
+      if (!v.ok()) {
+        return absl::Status(v.status().code(),
+                            absl::StrCat("block ", index, ": ", v.status().message()));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  void Commit() {
+    if (!blocks_.empty() && !blocks_.back().complete()) {
+      const Block& b = blocks_.back();
+      Fail(absl::InvalidArgumentError(
+          absl::StrCat("stream ended inside block ", blocks_.size() - 1, " (", b.data.size(),
+                       " of ", b.payload_bytes, " bytes)")));
+      return;
+    }
+    std::vector<storage::PutOutcome> outcomes;
+    for (size_t i = 0; i < blocks_.size(); ++i) {
+      Block& b = blocks_[i];
+      auto payload = std::make_shared<const std::vector<uint8_t>>(std::move(b.data));
+      absl::StatusOr<storage::PutOutcome> r = st_->store->Put(b.key, std::move(payload));
+      if (!r.ok()) {
+        // All or nothing: undo the blocks this stream stored.
+        std::vector<BlockKey> undo;
+        for (size_t j = 0; j < outcomes.size(); ++j) {
+          if (outcomes[j] == storage::PutOutcome::kStored) undo.push_back(blocks_[j].key);
+        }
+        if (!undo.empty()) (void)st_->store->Delete(undo);
+        Fail(absl::Status(r.status().code(), absl::StrCat("block ", i, ": ", r.status().message())));
+        return;
+      }
+      outcomes.push_back(*r);
+    }
+    for (size_t i = 0; i < blocks_.size(); ++i) {
+      const bool stored = outcomes[i] == storage::PutOutcome::kStored;
+      resp_->add_outcomes(stored ? v1::PutResponse::STORED : v1::PutResponse::DEDUPLICATED);
+      st_->metrics.put_blocks.Add({st_->metrics.ns.Label(blocks_[i].key.ns),
+                                   stored ? "stored" : "deduplicated"});
+    }
+    blocks_.clear();
+    scope_.Done(absl::StatusCode::kOk);
+    Finish(grpc::Status::OK);
+  }
+
+  void Fail(const absl::Status& s) {
+    for (const Block& b : blocks_) {
+      st_->metrics.put_blocks.Add({st_->metrics.ns.Label(b.key.ns), "rejected"});
+    }
+    blocks_.clear();
+    scope_.Done(s.code());
+    Finish(ToGrpc(s));
+  }
+
+  State* const st_;
+  v1::PutResponse* const resp_;
+  RequestScope scope_;
+  Grant grant_;
+  v1::PutRequest req_;
+  std::vector<Block> blocks_;
+  uint64_t buffered_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------
+// Get: validated request, then every block in request order: a miss message, or a header
+// and chunks of at most 4 MiB.
+class GetReactor : public grpc::ServerWriteReactor<v1::GetResponse> {
+ public:
+  GetReactor(State* st, grpc::CallbackServerContext* ctx, const v1::GetRequest* req)
+      : st_(st), scope_(st, "Get") {
+    chunk_bytes_ = std::min<uint64_t>(kMaxChunkBytes, st_->limits.max_message_bytes > 4096
+                                                          ? st_->limits.max_message_bytes - 1024
+                                                          : 3072);
+    if (st_->streams.fetch_add(1) >= st_->max_streams) {
+      Fail(absl::ResourceExhaustedError(
+          absl::StrCat("too many concurrent streams (limit ", st_->max_streams, ")")));
+      return;
+    }
+    absl::Status s = Prepare(ctx, *req);
+    if (!s.ok()) {
+      Fail(s);
+      return;
+    }
+    Next();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      // The client went away; nothing more can be sent.
+      scope_.Done(absl::StatusCode::kCancelled);
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client stream closed"));
+      return;
+    }
+    Next();
+  }
+
+  void OnDone() override {
+    st_->streams.fetch_sub(1);
+    delete this;
+  }
+
+ private:
+  absl::Status Prepare(grpc::CallbackServerContext* ctx, const v1::GetRequest& req) {
+    KVTIER_ASSIGN_OR_RETURN(Grant g, Authenticate(st_, ctx));
+    KVTIER_RETURN_IF_ERROR(ValidateNamespace(req.namespace_()));
+    KVTIER_ASSIGN_OR_RETURN(std::vector<kernels::ChainHash> chain,
+                            ParseChain(req.chain_hashes(), st_->limits.max_chain_length));
+    KVTIER_RETURN_IF_ERROR(g.Check(req.namespace_(), /*write=*/false));
+    std::vector<BlockKey> keys;
+    keys.reserve(chain.size());
+    for (const auto& h : chain) keys.push_back(MakeKey(req.namespace_(), h, req.part()));
+    results_ = st_->store->Get(keys);
+    return absl::OkStatus();
+  }
+
+  void Next() {
+    while (index_ < results_.size()) {
+      absl::StatusOr<storage::Lease>& r = results_[index_];
+      msg_.Clear();
+      msg_.set_index(static_cast<uint32_t>(index_));
+      if (!r.ok() || !*r) {
+        auto* miss = msg_.mutable_miss();
+        if (!r.ok()) {
+          miss->set_code(static_cast<int32_t>(r.status().code()));
+          miss->set_message(std::string(r.status().message()));
+          st_->metrics.get_blocks.Add({"none", "error"});
+        } else {
+          st_->metrics.get_blocks.Add({"none", "miss"});
+        }
+        ++index_;
+        StartWrite(&msg_);
+        return;
+      }
+      const storage::Lease& lease = *r;
+      const std::vector<uint8_t>& bytes = *lease.payload;
+      if (!header_sent_) {
+        header_sent_ = true;
+        offset_ = 0;
+        auto* h = msg_.mutable_header();
+        h->set_payload_bytes(bytes.size());
+        h->set_tier(lease.tier == storage::Tier::kMemory ? v1::TIER_MEMORY : v1::TIER_DISK);
+        st_->metrics.get_blocks.Add(
+            {lease.tier == storage::Tier::kMemory ? "memory" : "disk", "hit"});
+        StartWrite(&msg_);
+        return;
+      }
+      const size_t n = std::min<size_t>(chunk_bytes_, bytes.size() - offset_);
+      msg_.set_chunk(bytes.data() + offset_, n);
+      offset_ += n;
+      scope_.bytes_out += n;
+      if (offset_ == bytes.size()) {
+        header_sent_ = false;
+        r = storage::Lease{};  // release the block as soon as it is sent
+        ++index_;
+      }
+      StartWrite(&msg_);
+      return;
+    }
+    scope_.Done(absl::StatusCode::kOk);
+    Finish(grpc::Status::OK);
+  }
+
+  void Fail(const absl::Status& s) {
+    scope_.Done(s.code());
+    Finish(ToGrpc(s));
+  }
+
+  State* const st_;
+  RequestScope scope_;
+  uint64_t chunk_bytes_;
+  std::vector<absl::StatusOr<storage::Lease>> results_;
+  size_t index_ = 0;
+  bool header_sent_ = false;
+  size_t offset_ = 0;
+  v1::GetResponse msg_;
+};
+
+class KvTierService final : public v1::KvTier::CallbackService {
+ public:
+  explicit KvTierService(State* st) : st_(st) {}
+
+  grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* ctx, const v1::LookupRequest* req,
+                                   v1::LookupResponse* resp) override {
+    RequestScope scope(st_, "Lookup");
+    absl::Status s = DoLookup(ctx, *req, resp);
+    return Reply(ctx, &scope, s);
+  }
+
+  grpc::ServerReadReactor<v1::PutRequest>* Put(grpc::CallbackServerContext* ctx,
+                                               v1::PutResponse* resp) override {
+    return new PutReactor(st_, ctx, resp);
+  }
+
+  grpc::ServerWriteReactor<v1::GetResponse>* Get(grpc::CallbackServerContext* ctx,
+                                                 const v1::GetRequest* req) override {
+    return new GetReactor(st_, ctx, req);
+  }
+
+  grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx, const v1::DeleteRequest* req,
+                                   v1::DeleteResponse* resp) override {
+    RequestScope scope(st_, "Delete");
+    absl::Status s = DoDelete(ctx, *req, resp);
+    return Reply(ctx, &scope, s);
+  }
+
+  grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx, const v1::StatsRequest*,
+                                  v1::StatsResponse* resp) override {
+    RequestScope scope(st_, "Stats");
+    absl::Status s = DoStats(ctx, resp);
+    return Reply(ctx, &scope, s);
+  }
+
+  grpc::ServerUnaryReactor* OpenUcxSession(grpc::CallbackServerContext* ctx,
+                                           const v1::OpenUcxSessionRequest*,
+                                           v1::OpenUcxSessionResponse* resp) override {
+    RequestScope scope(st_, "OpenUcxSession");
+    absl::Status s = DoOpenUcxSession(ctx, resp);
+    return Reply(ctx, &scope, s);
+  }
+
+ private:
+  grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* ctx, RequestScope* scope,
+                                  const absl::Status& s) {
+    scope->Done(s.code());
+    grpc::ServerUnaryReactor* r = ctx->DefaultReactor();
+    r->Finish(ToGrpc(s));
+    return r;
+  }
+
+  absl::Status DoLookup(grpc::CallbackServerContext* ctx, const v1::LookupRequest& req,
+                        v1::LookupResponse* resp) {
+    KVTIER_ASSIGN_OR_RETURN(Grant g, Authenticate(st_, ctx));
+    KVTIER_RETURN_IF_ERROR(ValidateNamespace(req.namespace_()));
+    KVTIER_ASSIGN_OR_RETURN(std::vector<kernels::ChainHash> chain,
+                            ParseChain(req.chain_hashes(), st_->limits.max_chain_length));
+    KVTIER_RETURN_IF_ERROR(g.Check(req.namespace_(), /*write=*/false));
+    const size_t n = st_->store->Lookup(req.namespace_(), chain, req.part());
+    resp->set_num_present(static_cast<uint32_t>(n));
+    st_->metrics.CountLookup(req.namespace_(), "grpc", chain.size(), n, req.block_tokens());
+    return absl::OkStatus();
+  }
+
+  absl::Status DoDelete(grpc::CallbackServerContext* ctx, const v1::DeleteRequest& req,
+                        v1::DeleteResponse* resp) {
+    KVTIER_ASSIGN_OR_RETURN(Grant g, Authenticate(st_, ctx));
+    KVTIER_RETURN_IF_ERROR(ValidateNamespace(req.namespace_()));
+    KVTIER_ASSIGN_OR_RETURN(std::vector<kernels::ChainHash> chain,
+                            ParseChain(req.chain_hashes(), st_->limits.max_chain_length));
+    KVTIER_RETURN_IF_ERROR(g.Check(req.namespace_(), /*write=*/true));
+    std::vector<BlockKey> keys;
+    for (const auto& h : chain) keys.push_back(MakeKey(req.namespace_(), h, req.part()));
+    KVTIER_ASSIGN_OR_RETURN(size_t n, st_->store->Delete(keys));
+    resp->set_deleted(static_cast<uint32_t>(n));
+    return absl::OkStatus();
+  }
+
+  absl::Status DoStats(grpc::CallbackServerContext* ctx, v1::StatsResponse* resp) {
+    KVTIER_ASSIGN_OR_RETURN(Grant g, Authenticate(st_, ctx));
+    (void)g;
+    const storage::StoreStats s = st_->store->Stats();
+    auto fill = [](const storage::TierStats& t, v1::TierStats* out) {
+      out->set_blocks(t.blocks);
+      out->set_bytes(t.bytes);
+      out->set_capacity_bytes(t.capacity_bytes);
+      out->set_hits(t.hits);
+      out->set_misses(t.misses);
+      out->set_evictions(t.evictions);
+    };
+    fill(s.memory, resp->mutable_memory());
+    fill(s.disk, resp->mutable_disk());
+    resp->set_puts_stored(s.puts_stored);
+    resp->set_puts_deduplicated(s.puts_deduplicated);
+    resp->set_puts_rejected(s.puts_rejected);
+    resp->set_dedup_bytes_saved(s.dedup_bytes_saved);
+    resp->set_corrupt_dropped(s.corrupt_dropped);
+    resp->set_server_version(ServerVersion());
+    resp->set_uptime_seconds(
+        static_cast<uint64_t>(absl::ToInt64Seconds(absl::Now() - st_->start_time)));
+    return absl::OkStatus();
+  }
+
+  absl::Status DoOpenUcxSession(grpc::CallbackServerContext* ctx,
+                                v1::OpenUcxSessionResponse* resp) {
+    KVTIER_ASSIGN_OR_RETURN(Grant g, Authenticate(st_, ctx));
+    if (st_->ucx_port == 0) {
+      return absl::FailedPreconditionError("the UCX data plane is disabled on this server");
+    }
+    const absl::Time expires = absl::Now() + st_->session_ttl;
+    KVTIER_ASSIGN_OR_RETURN(std::string token, st_->sessions.Mint(g, expires));
+    resp->set_session_token(token);
+    resp->set_ucx_port(static_cast<uint32_t>(st_->ucx_port));
+    resp->set_expires_unix_ms(static_cast<uint64_t>(absl::ToUnixMillis(expires)));
+    return absl::OkStatus();
+  }
+
+  State* const st_;
+};
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read ", what, " ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class ServerImpl final : public Server {
+ public:
+  ~ServerImpl() override {
+    if (!drained_) (void)Drain(absl::ZeroDuration());
+  }
+
+  absl::Status Init(const ServerOptions& o) {
+    st_.limits = o.limits;
+    st_.max_streams = o.max_concurrent_streams;
+    st_.session_ttl = o.ucx_session_ttl;
+    st_.metrics.build_info.Set({ServerVersion()}, 1);
+    if (o.token_file.empty()) {
+      st_.auth = Authorizer::AllowAll();
+    } else {
+      KVTIER_ASSIGN_OR_RETURN(st_.auth, Authorizer::FromFile(o.token_file));
+    }
+    std::shared_ptr<grpc::ServerCredentials> creds;
+    if (!o.tls_cert.empty() || !o.tls_key.empty()) {
+      if (o.tls_cert.empty() || o.tls_key.empty()) {
+        return absl::InvalidArgumentError("--tls_cert and --tls_key must be set together");
+      }
+      grpc::SslServerCredentialsOptions ssl;
+      KVTIER_ASSIGN_OR_RETURN(std::string cert, ReadFile(o.tls_cert, "TLS certificate"));
+      KVTIER_ASSIGN_OR_RETURN(std::string key, ReadFile(o.tls_key, "TLS key"));
+      ssl.pem_key_cert_pairs.push_back({key, cert});
+      if (!o.tls_client_ca.empty()) {
+        KVTIER_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(o.tls_client_ca, "client CA"));
+        ssl.client_certificate_request =
+            GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+      }
+      creds = grpc::SslServerCredentials(ssl);
+    } else {
+      if (!o.tls_client_ca.empty()) {
+        return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
+      }
+      creds = grpc::InsecureServerCredentials();
+    }
+    KVTIER_ASSIGN_OR_RETURN(st_.store, storage::TieredStore::Open(o.store));
+    memory_capacity_ = o.store.memory_capacity_bytes;
+    disk_capacity_ = o.store.disk_path.empty() ? 0 : o.store.disk_capacity_bytes;
+
+#ifdef KVTIER_HAVE_UCX_DATA_PLANE
+    if (o.ucx_port != 0) {
+      KVTIER_RETURN_IF_ERROR(StartUcx(o.ucx_port));
+    }
+#else
+    if (o.ucx_port != 0) {
+      std::fprintf(stderr,
+                   "kvtier-server: this build has no UCX data plane; --ucx_port ignored\n");
+    }
+#endif
+
+    service_ = std::make_unique<KvTierService>(&st_);
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+    grpc::ServerBuilder b;
+    b.AddListeningPort(o.listen, creds, &grpc_port_);
+    b.RegisterService(service_.get());
+    const int max_msg = static_cast<int>(std::min<uint64_t>(o.limits.max_message_bytes, INT32_MAX));
+    b.SetMaxReceiveMessageSize(max_msg);
+    b.SetMaxSendMessageSize(max_msg);
+    b.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, o.max_concurrent_streams);
+    grpc_ = b.BuildAndStart();
+    if (grpc_ == nullptr || grpc_port_ == 0) {
+      return absl::UnavailableError(absl::StrCat("cannot listen on ", o.listen));
+    }
+    grpc_->GetHealthCheckService()->SetServingStatus(true);
+
+    if (o.http_port >= 0) KVTIER_RETURN_IF_ERROR(StartHttp(o.http_host, o.http_port));
+    ready_ = true;
+    return absl::OkStatus();
+  }
+
+  int grpc_port() const override { return grpc_port_; }
+  int http_port() const override { return http_port_; }
+  int ucx_port() const override { return st_.ucx_port; }
+
+  absl::Status Drain(absl::Duration timeout) override {
+    absl::MutexLock l(&drain_mu_);
+    if (drained_) return drain_status_;
+    drained_ = true;
+    st_.draining = true;
+    ready_ = false;
+    if (grpc_ != nullptr) {
+      grpc_->GetHealthCheckService()->SetServingStatus(false);
+      grpc_->Shutdown(std::chrono::system_clock::now() +
+                      std::chrono::milliseconds(absl::ToInt64Milliseconds(timeout)));
+      grpc_->Wait();
+    }
+#ifdef KVTIER_HAVE_UCX_DATA_PLANE
+    if (ucx_ != nullptr) ucx_->Stop();
+#endif
+    if (st_.store != nullptr) drain_status_ = st_.store->Flush();
+    if (http_ != nullptr) {
+      http_->stop();
+      if (http_thread_.joinable()) http_thread_.join();
+    }
+    return drain_status_;
+  }
+
+  std::string MetricsText() override {
+    if (st_.store != nullptr) {
+      const storage::StoreStats s = st_.store->Stats();
+      ServiceMetrics& m = st_.metrics;
+      m.stored_blocks.Set({"memory"}, static_cast<double>(s.memory.blocks));
+      m.stored_blocks.Set({"disk"}, static_cast<double>(s.disk.blocks));
+      m.stored_bytes.Set({"memory"}, static_cast<double>(s.memory.bytes));
+      m.stored_bytes.Set({"disk"}, static_cast<double>(s.disk.bytes));
+      m.capacity_bytes.Set({"memory"}, static_cast<double>(memory_capacity_));
+      m.capacity_bytes.Set({"disk"}, static_cast<double>(disk_capacity_));
+      m.evictions.Set({"memory"}, static_cast<double>(s.memory.evictions));
+      m.evictions.Set({"disk"}, static_cast<double>(s.disk.evictions));
+      m.dedup_saved.Set({}, static_cast<double>(s.dedup_bytes_saved));
+      m.corrupt_dropped.Set({}, static_cast<double>(s.corrupt_dropped));
+    }
+    return st_.metrics.reg.Render();
+  }
+
+ private:
+  absl::Status StartHttp(const std::string& host, int port) {
+    http_ = std::make_unique<httplib::Server>();
+    http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_content(MetricsText(), "text/plain; version=0.0.4; charset=utf-8");
+    });
+    http_->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content("ok\n", "text/plain");
+    });
+    http_->Get("/readyz", [this](const httplib::Request&, httplib::Response& res) {
+      if (ready_) {
+        res.set_content("ready\n", "text/plain");
+      } else {
+        res.status = 503;
+        res.set_content(st_.draining ? "draining\n" : "starting\n", "text/plain");
+      }
+    });
+    if (port == 0) {
+      http_port_ = http_->bind_to_any_port(host);
+    } else {
+      http_port_ = http_->bind_to_port(host, port) ? port : -1;
+    }
+    if (http_port_ <= 0) {
+      return absl::UnavailableError(absl::StrCat("cannot listen on HTTP ", host, ":", port));
+    }
+    http_thread_ = std::thread([this] { http_->listen_after_bind(); });
+    return absl::OkStatus();
+  }
+
+#ifdef KVTIER_HAVE_UCX_DATA_PLANE
+  absl::Status StartUcx(int port);
+  std::unique_ptr<UcxDataPlane> ucx_;
+#endif
+
+  State st_;
+  std::unique_ptr<KvTierService> service_;
+  std::unique_ptr<grpc::Server> grpc_;
+  int grpc_port_ = 0;
+  int http_port_ = -1;
+  uint64_t memory_capacity_ = 0;
+  uint64_t disk_capacity_ = 0;
+  std::unique_ptr<httplib::Server> http_;
+  std::thread http_thread_;
+  std::atomic<bool> ready_{false};
+  absl::Mutex drain_mu_;
+  bool drained_ = false;
+  absl::Status drain_status_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
+  auto s = std::make_unique<ServerImpl>();
+  absl::Status st = s->Init(options);
+  if (!st.ok()) return st;
+  return std::unique_ptr<Server>(std::move(s));
+}
+
+}  // namespace kvtier::service

@@ -1,0 +1,78 @@
+// kvtier-server as a library: the gRPC KvTier service (callback API), health checking and
+// reflection, the HTTP endpoints (/metrics, /healthz, /readyz), UCX session tokens and the
+// SIGTERM drain. service/server_main.cc turns flags into ServerOptions and runs it.
+//
+//   ServerOptions o;
+//   o.listen = "127.0.0.1:50051";
+//   o.http_port = 9100;
+//   o.store.disk_path = "/var/lib/kvtier";
+//   KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<Server> s, Server::Start(o));
+//   ...                       // serve until SIGTERM
+//   s->Drain(absl::Seconds(20));   // stop accepting, finish in-flight, flush RocksDB
+//
+// Thread safety: Server's methods are safe to call from any thread; Drain once.
+#ifndef KVTIER_SERVICE_SERVER_H_
+#define KVTIER_SERVICE_SERVER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "service/validation.h"
+#include "storage/tiered_store.h"
+
+namespace kvtier::service {
+
+struct ServerOptions {
+  // gRPC address host:port. Port 0 picks a free port (see Server::grpc_port()).
+  // Default: 0.0.0.0:50051.
+  std::string listen = "0.0.0.0:50051";
+  // HTTP port for /metrics, /healthz, /readyz; 0 picks a free port; -1 disables HTTP.
+  // Default: 9100.
+  int http_port = 9100;
+  // HTTP bind address. Default: 0.0.0.0.
+  std::string http_host = "0.0.0.0";
+  // UCX data-plane port; 0 disables UCX. Default: 50052.
+  int ucx_port = 50052;
+  storage::TieredStoreOptions store;
+  Limits limits;
+  // PEM files; cert+key set = TLS; client_ca set = mutual TLS required. Default: none.
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+  // Bearer token file; empty = no authentication. Default: empty.
+  std::string token_file;
+  // Concurrent streaming RPCs (Put, Get) per server. Default: 1024.
+  int max_concurrent_streams = 1024;
+  // Lifetime of a UCX session token. Default: 1 h.
+  absl::Duration ucx_session_ttl = absl::Hours(1);
+};
+
+class Server {
+ public:
+  // Opens storage, starts gRPC (and HTTP, UCX) listeners. kInvalidArgument for bad
+  // options or unreadable TLS/token files; kUnavailable when a port cannot be bound.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options);
+  virtual ~Server() = default;
+
+  virtual int grpc_port() const = 0;
+  virtual int http_port() const = 0;
+  virtual int ucx_port() const = 0;
+
+  // Stops accepting, turns /readyz to 503, lets in-flight requests finish (up to
+  // `timeout`, then cancels them), stops UCX, flushes storage. Returns the flush status.
+  virtual absl::Status Drain(absl::Duration timeout) = 0;
+  // The metrics text exposition (what /metrics serves).
+  virtual std::string MetricsText() = 0;
+};
+
+// Version string reported by Stats and kvtier_build_info.
+const char* ServerVersion();
+
+}  // namespace kvtier::service
+
+#endif  // KVTIER_SERVICE_SERVER_H_

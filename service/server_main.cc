@@ -1,0 +1,131 @@
+// kvtier-server: flags as in docs/service-contract.md. Logs the configuration at start,
+// serves until SIGTERM/SIGINT, then drains (stops accepting, finishes in-flight requests
+// up to --drain_timeout, flushes RocksDB) and exits 0.
+#include <signal.h>
+
+#include <cstdio>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "service/server.h"
+#include "service/validation.h"
+
+ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC address (host:port)");
+ABSL_FLAG(int, ucx_port, 50052, "UCX data-plane listener port; 0 disables UCX");
+ABSL_FLAG(int, http_port, 9100, "HTTP port for /metrics, /healthz, /readyz");
+ABSL_FLAG(std::string, memory_capacity, "4GiB",
+          "RAM tier capacity (suffixes B, KiB, MiB, GiB, TiB)");
+ABSL_FLAG(std::string, disk_capacity, "64GiB", "disk (RocksDB) tier capacity");
+ABSL_FLAG(std::string, data_dir, "", "RocksDB directory; empty = RAM only");
+ABSL_FLAG(bool, sync_writes, false, "fsync the WAL on every Put");
+ABSL_FLAG(std::string, namespace_quota, "",
+          "comma list prefix=bytes, e.g. tenantA/=100GiB");
+ABSL_FLAG(std::string, tls_cert, "", "server certificate (PEM); with --tls_key enables TLS");
+ABSL_FLAG(std::string, tls_key, "", "server private key (PEM)");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "CA bundle for client certificates; set = mutual TLS required");
+ABSL_FLAG(std::string, token_file, "", "bearer token file; empty = no authentication");
+ABSL_FLAG(int, max_chain_length, 4096, "hashes per Lookup/Get/Delete");
+ABSL_FLAG(int, max_blocks_per_put, 256, "blocks per Put stream");
+ABSL_FLAG(std::string, max_message_bytes, "8MiB", "gRPC message limit");
+ABSL_FLAG(int, max_concurrent_streams, 1024, "concurrent streaming RPCs");
+ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(20),
+          "time in-flight requests get after SIGTERM");
+ABSL_FLAG(absl::Duration, ucx_session_ttl, absl::Hours(1), "lifetime of a UCX session token");
+
+namespace {
+
+int Fail(const std::string& what) {
+  std::fprintf(stderr, "kvtier-server: %s\n", what.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("kvtier-server: the kvtier KV-cache tier server");
+  absl::ParseCommandLine(argc, argv);
+
+  kvtier::service::ServerOptions o;
+  o.listen = absl::GetFlag(FLAGS_listen);
+  o.ucx_port = absl::GetFlag(FLAGS_ucx_port);
+  o.http_port = absl::GetFlag(FLAGS_http_port);
+  auto mem = kvtier::service::ParseByteSize(absl::GetFlag(FLAGS_memory_capacity));
+  if (!mem.ok()) return Fail(absl::StrCat("--memory_capacity: ", mem.status().message()));
+  auto disk = kvtier::service::ParseByteSize(absl::GetFlag(FLAGS_disk_capacity));
+  if (!disk.ok()) return Fail(absl::StrCat("--disk_capacity: ", disk.status().message()));
+  auto msg = kvtier::service::ParseByteSize(absl::GetFlag(FLAGS_max_message_bytes));
+  if (!msg.ok()) return Fail(absl::StrCat("--max_message_bytes: ", msg.status().message()));
+  auto quotas = kvtier::service::ParseQuotas(absl::GetFlag(FLAGS_namespace_quota));
+  if (!quotas.ok()) return Fail(absl::StrCat("--namespace_quota: ", quotas.status().message()));
+  if (absl::GetFlag(FLAGS_max_chain_length) <= 0 || absl::GetFlag(FLAGS_max_blocks_per_put) <= 0 ||
+      absl::GetFlag(FLAGS_max_concurrent_streams) <= 0) {
+    return Fail("--max_chain_length, --max_blocks_per_put, --max_concurrent_streams must be > 0");
+  }
+  if (*msg < (uint64_t{64} << 10)) return Fail("--max_message_bytes must be at least 64KiB");
+  o.store.memory_capacity_bytes = *mem;
+  o.store.disk_capacity_bytes = *disk;
+  o.store.disk_path = absl::GetFlag(FLAGS_data_dir);
+  o.store.sync_writes = absl::GetFlag(FLAGS_sync_writes);
+  o.store.namespace_quota_bytes = *quotas;
+  o.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  o.tls_key = absl::GetFlag(FLAGS_tls_key);
+  o.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  o.token_file = absl::GetFlag(FLAGS_token_file);
+  o.limits.max_chain_length = static_cast<uint32_t>(absl::GetFlag(FLAGS_max_chain_length));
+  o.limits.max_blocks_per_put = static_cast<uint32_t>(absl::GetFlag(FLAGS_max_blocks_per_put));
+  o.limits.max_message_bytes = *msg;
+  o.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  o.ucx_session_ttl = absl::GetFlag(FLAGS_ucx_session_ttl);
+  const absl::Duration drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
+
+  // Config dump: one line per flag (the token file's contents are never logged).
+  std::fprintf(stderr, "kvtier-server %s starting with:\n", kvtier::service::ServerVersion());
+  auto dump = [](const char* name, const std::string& value) {
+    std::fprintf(stderr, "  --%s=%s\n", name, value.c_str());
+  };
+  dump("listen", o.listen);
+  dump("ucx_port", absl::StrCat(o.ucx_port));
+  dump("http_port", absl::StrCat(o.http_port));
+  dump("memory_capacity", absl::StrCat(absl::GetFlag(FLAGS_memory_capacity), " (", *mem, " B)"));
+  dump("disk_capacity", absl::StrCat(absl::GetFlag(FLAGS_disk_capacity), " (", *disk, " B)"));
+  dump("data_dir", o.store.disk_path);
+  dump("sync_writes", o.store.sync_writes ? "true" : "false");
+  dump("namespace_quota", absl::GetFlag(FLAGS_namespace_quota));
+  dump("tls_cert", o.tls_cert);
+  dump("tls_key", o.tls_key);
+  dump("tls_client_ca", o.tls_client_ca);
+  dump("token_file", o.token_file);
+  dump("max_chain_length", absl::StrCat(o.limits.max_chain_length));
+  dump("max_blocks_per_put", absl::StrCat(o.limits.max_blocks_per_put));
+  dump("max_message_bytes", absl::StrCat(o.limits.max_message_bytes));
+  dump("max_concurrent_streams", absl::StrCat(o.max_concurrent_streams));
+  dump("drain_timeout", absl::FormatDuration(drain_timeout));
+  dump("ucx_session_ttl", absl::FormatDuration(o.ucx_session_ttl));
+
+  // Block the stop signals before any thread starts so that only sigwait sees them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto server = kvtier::service::Server::Start(o);
+  if (!server.ok()) return Fail(std::string(server.status().ToString()));
+  std::fprintf(stderr, "kvtier-server: serving gRPC on port %d, HTTP on port %d, UCX on port %d\n",
+               (*server)->grpc_port(), (*server)->http_port(), (*server)->ucx_port());
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  std::fprintf(stderr, "kvtier-server: signal %d, draining (up to %s)\n", sig,
+               absl::FormatDuration(drain_timeout).c_str());
+  absl::Status s = (*server)->Drain(drain_timeout);
+  if (!s.ok()) return Fail(absl::StrCat("flush failed: ", s.ToString()));
+  std::fprintf(stderr, "kvtier-server: drained, storage flushed, exiting\n");
+  return 0;
+}

@@ -1,0 +1,19 @@
+# Multi-process service tests: real kvtier-server processes on loopback (tests/service/).
+if(KVTIER_BUILD_SERVICE AND TARGET kvtier-server AND TARGET kvtier_client)
+  add_library(kvtier_service_testing STATIC service/harness.cc)
+  target_include_directories(kvtier_service_testing PUBLIC ${PROJECT_SOURCE_DIR})
+  target_link_libraries(kvtier_service_testing
+    PUBLIC kvtier_client kvtier_payload absl::time absl::statusor absl::synchronization
+           PkgConfig::HTTPLIB
+    PRIVATE kvtier_build_flags)
+  target_compile_definitions(kvtier_service_testing
+    PRIVATE KVTIER_SERVER_BIN="$<TARGET_FILE:kvtier-server>")
+  add_dependencies(kvtier_service_testing kvtier-server)
+
+  # kvtier_service_test(<file stem>): builds tests/service/<stem>.cc as service_<stem>.
+  function(kvtier_service_test stem)
+    kvtier_add_test(service_${stem} SOURCES service/${stem}.cc LIBS kvtier_service_testing ${ARGN}
+                    LABELS service TIMEOUT 240)
+  endfunction()
+  kvtier_service_test(integration_test)
+endif()

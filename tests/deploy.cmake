@@ -41,3 +41,33 @@ if(KVTIER_GO AND EXISTS /usr/share/gocode/src/github.com/Masterminds/sprig)
 else()
   message(WARNING "deploy_helm_chart skipped: needs golang-go and golang-github-masterminds-sprig-dev")
 endif()
+
+# Prometheus rules: syntax (promtool check rules) and unit tests (promtool test rules).
+if(KVTIER_PROMTOOL)
+  file(GLOB _deploy_rules CONFIGURE_DEPENDS ${_deploy_dir}/prometheus/*.yaml)
+  file(GLOB _deploy_rule_tests CONFIGURE_DEPENDS ${_deploy_dir}/prometheus/tests/*.yaml)
+  add_test(NAME deploy_prometheus_check_rules COMMAND ${KVTIER_PROMTOOL} check rules ${_deploy_rules})
+  add_test(NAME deploy_prometheus_test_rules COMMAND ${KVTIER_PROMTOOL} test rules ${_deploy_rule_tests})
+  set_tests_properties(deploy_prometheus_check_rules deploy_prometheus_test_rules
+    PROPERTIES LABELS deploy TIMEOUT 60)
+
+  # Dashboard and rules against the metric contract, and against a live kvtier-server's
+  # /metrics when the server is built (skipped with a message otherwise).
+  if(TARGET kvtier-server)
+    set(_deploy_server $<TARGET_FILE:kvtier-server>)
+  else()
+    set(_deploy_server ${CMAKE_BINARY_DIR}/service/kvtier-server)
+  endif()
+  if(NOT _helmrender)
+    set(_helmrender ${CMAKE_CURRENT_BINARY_DIR}/helmrender)
+  endif()
+  add_test(NAME deploy_dashboard_metrics
+    COMMAND ${KVTIER_SYS_PYTHON} ${_deploy_tests}/check_metrics.py
+            --contract ${_contract} --dashboard ${_deploy_dir}/grafana/kvtier.json
+            --rules-dir ${_deploy_dir}/prometheus --promtool ${KVTIER_PROMTOOL}
+            --server ${_deploy_server} --helmrender ${_helmrender}
+            --chart ${_deploy_dir}/helm/kvtier --proto-dir ${PROJECT_SOURCE_DIR}/proto)
+  set_tests_properties(deploy_dashboard_metrics PROPERTIES LABELS deploy TIMEOUT 90)
+else()
+  message(WARNING "Prometheus and dashboard checks skipped: promtool not found (Debian package prometheus)")
+endif()

@@ -71,3 +71,15 @@ if(KVTIER_PROMTOOL)
 else()
   message(WARNING "Prometheus and dashboard checks skipped: promtool not found (Debian package prometheus)")
 endif()
+
+# Dockerfile structure (no Docker engine on CI machines), and the server's shared
+# libraries against the runtime stage's packages when the server is built.
+if(TARGET kvtier-server)
+  set(_deploy_server $<TARGET_FILE:kvtier-server>)
+else()
+  set(_deploy_server ${CMAKE_BINARY_DIR}/service/kvtier-server)
+endif()
+add_test(NAME deploy_dockerfile
+  COMMAND ${KVTIER_SYS_PYTHON} ${_deploy_tests}/check_dockerfile.py ${_deploy_dir}/docker/Dockerfile
+          ${PROJECT_SOURCE_DIR} --server ${_deploy_server})
+set_tests_properties(deploy_dockerfile PROPERTIES LABELS deploy TIMEOUT 60)

@@ -167,7 +167,7 @@ def main():
     if server and os.path.exists(server):
         closure = subprocess.run(
             ["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
-             "--no-breaks", "--no-replaces", "--no-enhances", "--no-pre-depends"] + pkgs,
+             "--no-breaks", "--no-replaces", "--no-enhances"] + pkgs + ["apt"],
             capture_output=True, text=True).stdout
         closure = set(re.findall(r"^(?:\s+Depends: <?)?([a-z0-9][a-z0-9+.-]+)(?::any)?>?$", closure, re.M)) | set(pkgs)
         ldd = subprocess.run(["ldd", server], capture_output=True, text=True, check=True).stdout
@@ -178,9 +178,10 @@ def main():
             for line in res.stdout.splitlines():
                 pkg, _, path = line.partition(": ")
                 owners[path] = pkg.split(":")[0]
-        # Priority "required" packages are in every Debian base image, debian:12-slim too.
-        res = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${Priority}\n"], capture_output=True, text=True)
-        required = {l.split()[0] for l in res.stdout.splitlines() if l.endswith(" required")}
+        # Essential packages (and apt) are in every Debian base image, debian:12-slim too;
+        # their dependencies are in the closure computed above.
+        res = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${Essential}\n"], capture_output=True, text=True)
+        required = {l.split()[0] for l in res.stdout.splitlines() if l.endswith(" yes")}
         for lib in libs:
             pkg = owners.get(os.path.realpath(lib)) or owners.get(lib)
             if check(pkg, f"{lib}: no Debian package owns it"):

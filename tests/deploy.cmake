@@ -72,8 +72,8 @@ else()
   message(WARNING "Prometheus and dashboard checks skipped: promtool not found (Debian package prometheus)")
 endif()
 
-# Dockerfile structure (no Docker engine on CI machines), and the server's shared
-# libraries against the runtime stage's packages when the server is built.
+# Dockerfile structure (no Docker engine on CI machines), and the shared libraries of the
+# server and the CLI (the image's two binaries) against the runtime stage's packages.
 if(TARGET kvtier-server)
   set(_deploy_server $<TARGET_FILE:kvtier-server>)
 else()
@@ -81,5 +81,5 @@ else()
 endif()
 add_test(NAME deploy_dockerfile
   COMMAND ${KVTIER_SYS_PYTHON} ${_deploy_tests}/check_dockerfile.py ${_deploy_dir}/docker/Dockerfile
-          ${PROJECT_SOURCE_DIR} --server ${_deploy_server})
+          ${PROJECT_SOURCE_DIR} --binary ${_deploy_server} --binary $<TARGET_FILE:kvtier>)
 set_tests_properties(deploy_dockerfile PROPERTIES LABELS deploy TIMEOUT 60)

@@ -7,10 +7,11 @@ runtime stage installs only packages that exist in Debian (apt-cache show), no -
 packages or compilers, copies the server from the build stage, runs it as a non-root
 user (the uid the Helm chart's securityContext uses), exposes the contract's default
 ports, has a HEALTHCHECK on /healthz with a tool it installs, and COPY sources exist.
-With --server BIN (when it exists): every shared library BIN links comes from a runtime
-package or its dependencies.
+With --binary BIN (repeatable; kvtier-server and the kvtier CLI, each when it exists):
+every shared library BIN links comes from a runtime package, its dependencies or the
+base image's essential packages.
 
-usage: check_dockerfile.py DOCKERFILE REPO_ROOT [--server BIN]
+usage: check_dockerfile.py DOCKERFILE REPO_ROOT [--binary BIN]...
 """
 import json
 import os
@@ -60,7 +61,7 @@ def apt_installs(run):
 
 def main():
     dockerfile, root = sys.argv[1], sys.argv[2]
-    server = sys.argv[sys.argv.index("--server") + 1] if "--server" in sys.argv else None
+    binaries = [sys.argv[i + 1] for i, a in enumerate(sys.argv) if a == "--binary"]
     ins = instructions(dockerfile)
     args = {}
     for word, rest in ins:
@@ -163,14 +164,23 @@ def main():
         for flag in json.loads(cmd[-1]):
             check(flag.split("=")[0] in defaults, f"CMD flag {flag} is not in the service contract")
 
-    # The real binary's libraries come from the runtime packages.
-    if server and os.path.exists(server):
-        closure = subprocess.run(
-            ["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
-             "--no-breaks", "--no-replaces", "--no-enhances"] + pkgs + ["apt"],
-            capture_output=True, text=True).stdout
-        closure = set(re.findall(r"^(?:\s+Depends: <?)?([a-z0-9][a-z0-9+.-]+)(?::any)?>?$", closure, re.M)) | set(pkgs)
-        ldd = subprocess.run(["ldd", server], capture_output=True, text=True, check=True).stdout
+    # The real binaries' libraries come from the runtime packages.
+    closure = None
+    for binary in binaries:
+        if not os.path.exists(binary):
+            print(f"dockerfile: library check SKIPPED - no binary at {binary}")
+            continue
+        if closure is None:
+            out = subprocess.run(
+                ["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
+                 "--no-breaks", "--no-replaces", "--no-enhances"] + pkgs + ["apt"],
+                capture_output=True, text=True).stdout
+            closure = set(re.findall(r"^(?:\s+Depends: <?)?([a-z0-9][a-z0-9+.-]+)(?::any)?>?$", out, re.M)) | set(pkgs)
+            # Essential packages (and apt) are in every Debian base image, debian:12-slim
+            # too; their dependencies are in the closure above.
+            res = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${Essential}\n"], capture_output=True, text=True)
+            closure |= {l.split()[0] for l in res.stdout.splitlines() if l.endswith(" yes")}
+        ldd = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
         libs = re.findall(r"=> (/\S+)", ldd)
         owners = {}
         for paths in ([os.path.realpath(l) for l in libs], libs):
@@ -178,18 +188,11 @@ def main():
             for line in res.stdout.splitlines():
                 pkg, _, path = line.partition(": ")
                 owners[path] = pkg.split(":")[0]
-        # Essential packages (and apt) are in every Debian base image, debian:12-slim too;
-        # their dependencies are in the closure computed above.
-        res = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${Essential}\n"], capture_output=True, text=True)
-        required = {l.split()[0] for l in res.stdout.splitlines() if l.endswith(" yes")}
         for lib in libs:
             pkg = owners.get(os.path.realpath(lib)) or owners.get(lib)
             if check(pkg, f"{lib}: no Debian package owns it"):
-                check(pkg in closure or pkg in required,
-                      f"{server} needs {lib} from {pkg}, which the runtime stage does not install")
-        print(f"dockerfile: all {len(libs)} shared libraries of {server} come from the runtime packages")
-    else:
-        print(f"dockerfile: library check SKIPPED - no server binary at {server}")
+                check(pkg in closure, f"{binary} needs {lib} from {pkg}, which the runtime stage does not install")
+        print(f"dockerfile: {len(libs)} shared libraries of {binary} checked against the runtime packages")
 
 
 if __name__ == "__main__":

@@ -324,7 +324,7 @@ def main():
         "persistence": False,
         "flags": {"--listen": "0.0.0.0:7000", "--ucx_port": "0", "--http_port": "8080",
                   "--drain_timeout": "50s", "--namespace_quota": "tenantA/=100GiB"},
-        "notes": ["UCX is disabled", "kvtier-<0..4>"]})
+        "notes": ["UCX is disabled", "kvtier-4.kvtier-headless.kv.svc.cluster.local:7000"]})
     (sts,) = by_kind(docs, "StatefulSet")
     check("lifecycle" not in sts["spec"]["template"]["spec"]["containers"][0], "preStopSleepSeconds=0 kept the hook")
     check_render("long release name", ["--set", "podAntiAffinityPreset=hard"], {

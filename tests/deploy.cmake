@@ -17,7 +17,7 @@ endif()
 # helmrender: Go + Debian's sprig, built offline in GOPATH mode. Debian installs sprig v3
 # and semver v3 without the /v3 path element, so a small GOPATH in the build dir links
 # them under their module paths; Go's build cache lives in the build dir too.
-if(KVTIER_GO AND EXISTS /usr/share/gocode/src/github.com/Masterminds/sprig)
+if(KVTIER_GO AND EXISTS /usr/share/gocode/src/github.com/Masterminds/sprig AND EXISTS /usr/share/gocode/src/gopkg.in/yaml.v3)
   set(_gopath ${CMAKE_CURRENT_BINARY_DIR}/deploy-gopath)
   file(MAKE_DIRECTORY ${_gopath}/src/github.com/Masterminds/sprig ${_gopath}/src/github.com/Masterminds/semver)
   file(CREATE_LINK /usr/share/gocode/src/github.com/Masterminds/sprig
@@ -39,7 +39,7 @@ if(KVTIER_GO AND EXISTS /usr/share/gocode/src/github.com/Masterminds/sprig)
             ${_deploy_dir}/helm/kvtier ${_contract})
   set_tests_properties(deploy_helm_chart PROPERTIES LABELS deploy TIMEOUT 60)
 else()
-  message(WARNING "deploy_helm_chart skipped: needs golang-go and golang-github-masterminds-sprig-dev")
+  message(WARNING "deploy_helm_chart skipped: needs golang-go, golang-github-masterminds-sprig-dev and golang-gopkg-yaml.v3-dev")
 endif()
 
 # Prometheus rules: syntax (promtool check rules) and unit tests (promtool test rules).

@@ -166,6 +166,8 @@ def check_render(case, args, expect):
         if not check(m is not None, f"{case}: {flag} {path} not on a mount"):
             continue
         vol = volumes[m["name"]]["secret"]
+        if not vol.get("defaultMode", 0o644) & 0o004:  # not world-readable: needs the group
+            check(psc.get("fsGroup") not in (None, 0), f"{case}: {flag} unreadable for a non-root user without fsGroup")
         items = {i["path"]: i["key"] for i in vol["items"]}
         key = items.get(os.path.basename(path))
         check(key is not None, f"{case}: {flag}: no secret item for {path}")

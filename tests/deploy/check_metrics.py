@@ -16,18 +16,24 @@ Live checks (with --server BIN when BIN exists):
   - after real traffic over gRPC (Lookup, Put of valid payloads twice, Get, a rejected
     Put), /metrics exports every metric the dashboard and the rules use, with the
     contract's type and labels (histograms as _bucket/_sum/_count);
-  - SIGTERM makes it exit 0 within its drain timeout.
+  - SIGTERM makes it exit 0 within its drain timeout;
+  - a second server runs the chart's TLS + token configuration (its flag file, and the
+    token file and certificate from the Secrets it renders): no token is
+    UNAUTHENTICATED, a token without the namespace PERMISSION_DENIED, the right token
+    OK, and a plaintext call fails.
 
 usage: check_metrics.py --contract MD --dashboard JSON --rules-dir DIR --promtool BIN
                         [--server BIN --helmrender BIN --chart DIR --proto-dir DIR]
 """
 import argparse
+import atexit
 import ctypes
 import glob
 import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -197,16 +203,28 @@ def fp16_payload(rng, layers=2, heads=1, head_dim=64, tokens=128):
     return head + struct.pack("<Q", xxh3(head)) + b"\0" * 4 + body
 
 
+_stubs = None
+
+
+def stubs(proto_dir):
+    """Python gRPC stubs of proto/kvtier/v1/kvtier.proto, generated with protoc."""
+    global _stubs
+    if _stubs is None:
+        out = tempfile.mkdtemp(prefix="kvtier-stubs-")
+        atexit.register(shutil.rmtree, out, True)
+        subprocess.run(["protoc", f"-I{proto_dir}", f"--python_out={out}", f"--grpc_python_out={out}",
+                        "--plugin=protoc-gen-grpc_python=/usr/bin/grpc_python_plugin",
+                        os.path.join(proto_dir, "kvtier/v1/kvtier.proto")], check=True)
+        sys.path.insert(0, out)
+        from kvtier.v1 import kvtier_pb2 as pb, kvtier_pb2_grpc as pbg  # noqa: E402
+        _stubs = (pb, pbg)
+    return _stubs
+
+
 def traffic(grpc_port, proto_dir, tmp):
     """Real requests over gRPC, so that labeled series exist."""
     import grpc  # noqa: E402
-    out = os.path.join(tmp, "py")
-    os.makedirs(out)
-    subprocess.run(["protoc", f"-I{proto_dir}", f"--python_out={out}", f"--grpc_python_out={out}",
-                    "--plugin=protoc-gen-grpc_python=/usr/bin/grpc_python_plugin",
-                    os.path.join(proto_dir, "kvtier/v1/kvtier.proto")], check=True)
-    sys.path.insert(0, out)
-    from kvtier.v1 import kvtier_pb2 as pb, kvtier_pb2_grpc as pbg  # noqa: E402
+    pb, pbg = stubs(proto_dir)
 
     rng = random.Random(7)
     ns = "deploycheck/model-a/k4v2_g128"
@@ -271,40 +289,121 @@ def contract_labels(path):
     return labels
 
 
+class Server:
+    """kvtier-server on free loopback ports; stops it with SIGTERM and checks exit 0."""
+
+    def __init__(self, binary, flagfile, tmp):
+        self.grpc_port, self.http_port = free_ports(2)
+        self.cmd = [binary, f"--flagfile={flagfile}", f"--listen=127.0.0.1:{self.grpc_port}", "--ucx_port=0",
+                    f"--http_port={self.http_port}", f"--data_dir={tmp}/rocksdb", "--memory_capacity=64MiB",
+                    "--disk_capacity=256MiB", "--drain_timeout=5s"]
+        self.log = open(os.path.join(tmp, "server.log"), "w+")
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self):
+        deadline = time.time() + 30
+        status, body = None, ""
+        while time.time() < deadline and self.proc.poll() is None:
+            status, body = http_get(self.http_port, "/readyz")
+            if status == 200:
+                break
+            time.sleep(0.1)
+        ok = check(status == 200, f"live: /readyz not 200 within 30 s (last {status}); "
+                                  f"exit={self.proc.poll()}; command: {' '.join(self.cmd)}")
+        if ok:
+            check(body.strip() == "ready", f"live: /readyz body {body!r}")
+        return ok
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = self.proc.wait(timeout=15)
+                check(rc == 0, f"live: exit code {rc} after SIGTERM")
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                check(False, "live: still running 15 s after SIGTERM (drain timeout 5 s)")
+        if failures:
+            self.log.seek(0)
+            print("server log (tail):\n" + self.log.read()[-3000:])
+
+
+def live_secure(args):
+    """The chart's TLS + token configuration (flags, token file, certificate files from
+    its Secrets) accepted and enforced by the real server."""
+    import base64
+    import grpc  # noqa: E402
+    pb, pbg = stubs(args.proto_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-keyout", f"{tmp}/key.pem", "-out", f"{tmp}/cert.pem", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+        cert, key = open(f"{tmp}/cert.pem").read(), open(f"{tmp}/key.pem").read()
+        writer, reader = "w-" + os.urandom(8).hex(), "r-" + os.urandom(8).hex()
+        values = os.path.join(tmp, "values.yaml")
+        yaml.safe_dump({"tls": {"enabled": True, "cert": cert, "key": key},
+                        "auth": {"enabled": True, "tokens": [
+                            {"token": writer, "access": "rw", "namespaces": ["deploycheck/"]},
+                            {"token": reader, "access": "r", "namespaces": ["other/"]}]}}, open(values, "w"))
+        out = subprocess.run([args.helmrender, "--strict", "-f", values, args.chart],
+                             capture_output=True, text=True, check=True).stdout
+        flags_text = None
+        for doc in yaml.safe_load_all(out):
+            if doc and doc["kind"] == "ConfigMap":
+                flags_text = doc["data"]["kvtier.flags"]
+            if doc and doc["kind"] == "Secret":
+                sub = "auth" if "tokens" in doc["data"] else "tls"
+                os.makedirs(f"{tmp}/{sub}", exist_ok=True)
+                for k, v in doc["data"].items():
+                    open(f"{tmp}/{sub}/{k}", "wb").write(base64.b64decode(v))
+        flags_text = flags_text.replace("/etc/kvtier/auth", f"{tmp}/auth").replace("/etc/kvtier/tls", f"{tmp}/tls")
+        open(f"{tmp}/chart.flags", "w").write(flags_text)
+        server = Server(args.server, f"{tmp}/chart.flags", tmp)
+        try:
+            if not server.wait_ready():
+                return
+            creds = grpc.ssl_channel_credentials(root_certificates=cert.encode())
+            req = pb.LookupRequest(namespace="deploycheck/m", part=0, chain_hashes=[os.urandom(32)], block_tokens=128)
+            with grpc.secure_channel(f"127.0.0.1:{server.grpc_port}", creds) as ch:
+                stub = pbg.KvTierStub(ch)
+                for token, want in ((None, grpc.StatusCode.UNAUTHENTICATED),
+                                    (reader, grpc.StatusCode.PERMISSION_DENIED), (writer, grpc.StatusCode.OK)):
+                    md = [("authorization", f"Bearer {token}")] if token else []
+                    try:
+                        stub.Lookup(req, metadata=md, timeout=10)
+                        code = grpc.StatusCode.OK
+                    except grpc.RpcError as e:
+                        code = e.code()
+                    check(code == want, f"live TLS+tokens: Lookup with token {token and token[:2]} got {code}, want {want}")
+            with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
+                try:
+                    pbg.KvTierStub(ch).Lookup(req, metadata=[("authorization", f"Bearer {writer}")], timeout=3)
+                    check(False, "live TLS+tokens: a plaintext call succeeded")
+                except grpc.RpcError as e:
+                    check(e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED),
+                          f"live TLS+tokens: plaintext call got {e.code()}")
+        finally:
+            server.stop()
+
+
 def live(args, used, contract):
     with tempfile.TemporaryDirectory() as tmp:
-        grpc_port, http_port = free_ports(2)
-        flagfile, chart_flags = chart_flagfile(args.helmrender, args.chart, tmp)
-        # The chart's flag file first, then what must differ on a CI machine.
-        cmd = [args.server, f"--flagfile={flagfile}", f"--listen=127.0.0.1:{grpc_port}", "--ucx_port=0",
-               f"--http_port={http_port}", f"--data_dir={tmp}/rocksdb", "--memory_capacity=64MiB",
-               "--disk_capacity=256MiB", "--drain_timeout=5s"]
-        log = open(os.path.join(tmp, "server.log"), "w+")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        # The chart's default flag file, then what must differ on a CI machine.
+        flagfile, _ = chart_flagfile(args.helmrender, args.chart, tmp)
+        server = Server(args.server, flagfile, tmp)
         try:
-            deadline = time.time() + 30
-            status = None
-            while time.time() < deadline and proc.poll() is None:
-                status, body = http_get(http_port, "/readyz")
-                if status == 200:
-                    break
-                time.sleep(0.1)
-            if not check(status == 200, f"live: /readyz not 200 within 30 s (last {status}); "
-                                        f"exit={proc.poll()}; command: {' '.join(cmd)}"):
-                log.seek(0)
-                print(log.read()[-4000:])
+            if not server.wait_ready():
                 return
-            check(body.strip() == "ready", f"live: /readyz body {body!r}")
-            status, body = http_get(http_port, "/healthz")
+            status, body = http_get(server.http_port, "/healthz")
             check(status == 200 and body.strip() == "ok", f"live: /healthz {status} {body!r}")
-            traffic(grpc_port, args.proto_dir, tmp)
-            status, text = http_get(http_port, "/metrics")
+            traffic(server.grpc_port, args.proto_dir, tmp)
+            status, text = http_get(server.http_port, "/metrics")
             check(status == 200, f"live: /metrics status {status}")
             types, samples = parse_exposition(text)
             labels = contract_labels(args.contract)
-            for name in sorted(used | set(contract)):
-                base = base_metric(name, contract)
-                needed = base in {base_metric(u, contract) for u in used}
+            used_bases = {base_metric(u, contract) for u in used}
+            for base in sorted(set(contract)):
+                needed = base in used_bases
                 if not check(base in types, f"live: {base} not exported (no # TYPE line)"
                              + (" - the dashboard or rules query it" if needed else "")):
                     continue
@@ -320,19 +419,7 @@ def live(args, used, contract):
             hits = [l for l in samples.get("kvtier_lookup_tokens_total", []) if l.get("result") == "hit"]
             check(hits, "live: no token hit series after a hitting Lookup")
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                drain = deploylib.parse_seconds("5s")
-                try:
-                    rc = proc.wait(timeout=drain + 10)
-                    check(rc == 0, f"live: exit code {rc} after SIGTERM")
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    check(False, "live: still running 15 s after SIGTERM (drain timeout 5 s)")
-            if failures:
-                log.seek(0)
-                print("server log (tail):\n" + log.read()[-3000:])
-        check(chart_flags["--http_port"] and chart_flags["--listen"], "chart flags lack ports")
+            server.stop()
 
 
 def main():
@@ -364,6 +451,9 @@ def main():
             live(args, used, contract)
             if not failures:
                 print(f"live: {args.server} exports every metric the dashboard and rules use")
+            live_secure(args)
+            if not failures:
+                print("live: the chart's TLS + token configuration works with the server")
     else:
         print(f"live: SKIPPED - no server binary at {args.server} (build target kvtier-server to run it)")
 

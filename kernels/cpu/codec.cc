@@ -16,6 +16,17 @@
 static_assert(std::endian::native == std::endian::little,
               "the tile record is little-endian; this codec assumes a little-endian host");
 
+// The hot elementwise loops get an AVX2 clone next to the baseline one, picked at load
+// time. Lane width never changes a result here: every operation is an exactly rounded IEEE
+// add, subtract, multiply, divide or sqrt on independent lanes, in the same order, and
+// -ffp-contract=off keeps multiplies and adds unfused.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#define KVTIER_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define KVTIER_VECTOR_CLONES
+#endif
+
 namespace kvtier::kernels::cpu {
 namespace internal {
 
@@ -38,7 +49,7 @@ namespace {
 
 // Column stds of a row-major [rows × cols] matrix: out[c] = StdDev(y + c, rows, cols), with
 // the sums over rows vectorized across columns (same order per column, same bits).
-void ColumnStds(const float* y, int rows, int cols, float* sum, float* out) {
+KVTIER_VECTOR_CLONES void ColumnStds(const float* y, int rows, int cols, float* sum, float* out) {
   std::fill(sum, sum + cols, 0.0f);
   for (int r = 0; r < rows; ++r) {
     const float* row = y + static_cast<size_t>(r) * cols;
@@ -85,12 +96,39 @@ float ImbalanceFromStds(const float* cs, int cols, const float* rs, int rows) {
 }
 
 // y = (x / ec[col]) / er[row].
-void Scale(const float* x, int rows, int cols, const float* ec, const float* er, float* y) {
+KVTIER_VECTOR_CLONES void Scale(const float* x, int rows, int cols, const float* ec,
+                                const float* er, float* y) {
   for (int r = 0; r < rows; ++r) {
     const float* xr = x + static_cast<size_t>(r) * cols;
     float* yr = y + static_cast<size_t>(r) * cols;
     const float e = er[r];
     for (int c = 0; c < cols; ++c) yr[c] = xr[c] / ec[c] / e;
+  }
+}
+
+// out[c][r] = in[r][c] for a row-major [rows × cols] matrix, in 8×8 blocks.
+KVTIER_VECTOR_CLONES void Transpose(const float* in, int rows, int cols, float* out) {
+  constexpr int kB = 16;
+  for (int r0 = 0; r0 < rows; r0 += kB) {
+    for (int c0 = 0; c0 < cols; c0 += kB) {
+      const int r1 = std::min(rows, r0 + kB), c1 = std::min(cols, c0 + kB);
+      for (int c = c0; c < c1; ++c) {
+        float* o = out + static_cast<size_t>(c) * rows;
+        for (int r = r0; r < r1; ++r) o[r] = in[static_cast<size_t>(r) * cols + c];
+      }
+    }
+  }
+}
+
+// yt = Y^T for Y = (x / ec[col]) / er[row], computed from xt = x^T ([cols × rows]):
+// yt[c][r] = (xt[c][r] / ec[c]) / er[r], the same operations as Scale.
+KVTIER_VECTOR_CLONES void ScaleTransposed(const float* xt, int rows, int cols, const float* ec,
+                                          const float* er, float* yt) {
+  for (int c = 0; c < cols; ++c) {
+    const float* xc = xt + static_cast<size_t>(c) * rows;
+    float* yc = yt + static_cast<size_t>(c) * rows;
+    const float e = ec[c];
+    for (int r = 0; r < rows; ++r) yc[r] = xc[r] / e / er[r];
   }
 }
 
@@ -105,11 +143,17 @@ float Imbalance(const float* y, int rows, int cols) {
 
 NormalizeResult NormalizeLog(const float* x, int rows, int cols, int iterations, float* lc,
                              float* lr, std::vector<NormalizeStep>* trace) {
-  // The column stds of Y at the end of iteration i are exactly those the column pass of
-  // iteration i+1 needs (same lc, lr, same Y), so they are computed once.
-  thread_local std::vector<float> y, sum, cs, rs, cur_lc, cur_lr, ec, er;
+  // Row statistics are computed as column statistics of the transposed matrix (Y^T is
+  // computed from X^T with the same two divisions per element, so it holds the same
+  // values), which keeps every reduction sequential per row/column and vectorized across
+  // rows/columns. The column stds of Y at the end of iteration i are exactly those the
+  // column pass of iteration i+1 needs (same lc, lr, same Y), so they are computed once.
+  thread_local std::vector<float> xt, y, yt, sum, cs, rs, cur_lc, cur_lr, ec, er;
   const size_t n = static_cast<size_t>(rows) * cols;
+  xt.resize(n);
   y.resize(n);
+  yt.resize(n);
+  Transpose(x, rows, cols, xt.data());
   sum.resize(std::max(rows, cols));
   cs.resize(cols);
   rs.resize(rows);
@@ -120,7 +164,7 @@ NormalizeResult NormalizeLog(const float* x, int rows, int cols, int iterations,
 
   // Y = X / exp(0) / exp(0) == X exactly.
   ColumnStds(x, rows, cols, sum.data(), cs.data());
-  RowStds(x, rows, cols, sum.data(), rs.data());
+  ColumnStds(xt.data(), cols, rows, sum.data(), rs.data());
   NormalizeResult best;
   best.best_imbalance = ImbalanceFromStds(cs.data(), cols, rs.data(), rows);
   best.best_iteration = 0;
@@ -133,8 +177,8 @@ NormalizeResult NormalizeLog(const float* x, int rows, int cols, int iterations,
       cur_lc[c] = std::clamp(cur_lc[c] + LogF(s), kLogScaleLo, kLogScaleHi);
       ec[c] = ExpF(cur_lc[c]);
     }
-    Scale(x, rows, cols, ec.data(), er.data(), y.data());
-    RowStds(y.data(), rows, cols, sum.data(), rs.data());
+    ScaleTransposed(xt.data(), rows, cols, ec.data(), er.data(), yt.data());
+    ColumnStds(yt.data(), cols, rows, sum.data(), rs.data());
     for (int r = 0; r < rows; ++r) {
       const float s = std::clamp(rs[r], kStdClampLo, kStdClampHi);
       cur_lr[r] = std::clamp(cur_lr[r] + LogF(s), kLogScaleLo, kLogScaleHi);
@@ -142,7 +186,8 @@ NormalizeResult NormalizeLog(const float* x, int rows, int cols, int iterations,
     }
     Scale(x, rows, cols, ec.data(), er.data(), y.data());
     ColumnStds(y.data(), rows, cols, sum.data(), cs.data());
-    RowStds(y.data(), rows, cols, sum.data(), rs.data());
+    Transpose(y.data(), rows, cols, yt.data());
+    ColumnStds(yt.data(), cols, rows, sum.data(), rs.data());
     const float imb = ImbalanceFromStds(cs.data(), cols, rs.data(), rows);
     if (trace != nullptr) trace->push_back({cur_lc, cur_lr, imb});
     if (imb <= best.best_imbalance) {  // later ties win
@@ -155,8 +200,8 @@ NormalizeResult NormalizeLog(const float* x, int rows, int cols, int iterations,
   return best;
 }
 
-void QuantizeRows(const float* x, int rows, int cols, int bits, uint8_t* codes, float* scale,
-                  float* lo) {
+KVTIER_VECTOR_CLONES void QuantizeRows(const float* x, int rows, int cols, int bits,
+                                       uint8_t* codes, float* scale, float* lo) {
   const int qmax = (1 << bits) - 1;
   const float qmax_f = static_cast<float>(qmax);
   for (int r = 0; r < rows; ++r) {
@@ -204,7 +249,7 @@ namespace {
 using internal::ExpF;
 
 template <typename T>
-void FwhtT(T* x, int n, T scale) {
+KVTIER_VECTOR_CLONES void FwhtT(T* x, int n, T scale) {
   for (int h = 1; h < n; h <<= 1) {
     for (int i = 0; i < n; i += 2 * h) {
       for (int j = i; j < i + h; ++j) {

@@ -461,7 +461,9 @@ void EncodeFp16Section(int head_dim, int num_kv_heads, int tokens, const float* 
 void DecompressTile(const TileLayout& layout, const uint8_t* record, uint16_t* k, uint16_t* v,
                     bool rotated) {
   const int d = layout.head_dim, g = layout.group_size;
-  std::vector<float> kf(static_cast<size_t>(d) * g), vf(static_cast<size_t>(d) * g);
+  thread_local std::vector<float> kf, vf;
+  kf.resize(static_cast<size_t>(d) * g);
+  vf.resize(static_cast<size_t>(d) * g);
   DecodeTile(layout, record, kf.data(), vf.data());
   for (int t = 0; t < g; ++t) {
     float* kt = kf.data() + static_cast<size_t>(t) * d;

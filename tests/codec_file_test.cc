@@ -1,5 +1,7 @@
 // The codec tools' file formats: the .npy reader/writer, the codec container file
 // (tools/codec_file.h), and the payload validator's wrong-preset / wrong-count cases.
+#include "tools/codec_file.h"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -9,7 +11,6 @@
 
 #include "kernels/cpu/sequence.h"
 #include "kernels/cpu/synth.h"
-#include "tools/codec_file.h"
 #include "tools/codec_npy.h"
 
 namespace kvtier::tools {
@@ -59,18 +60,22 @@ TEST(NpyTest, RoundTripsBothDtypesAndRanks) {
 }
 
 TEST(NpyTest, ReadsFormatVersion2AndScalarishShapes) {
-  auto v2 = ParseNpy(RawNpy("{'descr': '<f2', 'fortran_order': False, 'shape': (4,), }", 8, 2), "v2");
+  auto v2 =
+      ParseNpy(RawNpy("{'descr': '<f2', 'fortran_order': False, 'shape': (4,), }", 8, 2), "v2");
   ASSERT_TRUE(v2.ok()) << v2.status();
   EXPECT_EQ(v2->shape, std::vector<int64_t>{4});
   // Key order is free in the dict.
-  auto reordered = ParseNpy(RawNpy("{'shape': (2, 2), 'fortran_order': False, 'descr': '<f4'}", 16), "r");
+  auto reordered =
+      ParseNpy(RawNpy("{'shape': (2, 2), 'fortran_order': False, 'descr': '<f4'}", 16), "r");
   ASSERT_TRUE(reordered.ok()) << reordered.status();
   EXPECT_EQ(reordered->shape, (std::vector<int64_t>{2, 2}));
 }
 
 TEST(NpyTest, RejectsBadFilesWithClearErrors) {
   auto code = [](const std::vector<uint8_t>& b) { return ParseNpy(b, "f.npy").status().code(); };
-  auto msg = [](const std::vector<uint8_t>& b) { return std::string(ParseNpy(b, "f.npy").status().message()); };
+  auto msg = [](const std::vector<uint8_t>& b) {
+    return std::string(ParseNpy(b, "f.npy").status().message());
+  };
   const std::string ok = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
   EXPECT_TRUE(ParseNpy(RawNpy(ok, 24), "f").ok());
   EXPECT_EQ(code(RawNpy(ok, 23)), absl::StatusCode::kInvalidArgument);  // truncated data
@@ -82,11 +87,13 @@ TEST(NpyTest, RejectsBadFilesWithClearErrors) {
   EXPECT_NE(msg(big_endian).find("unsupported dtype '>f4'"), std::string::npos);
   const auto fortran = RawNpy("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", 24);
   EXPECT_NE(msg(fortran).find("Fortran"), std::string::npos);
-  EXPECT_EQ(code(RawNpy("{'descr': '<f4', 'fortran_order': False}", 0)), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(RawNpy("{'descr': '<f4', 'fortran_order': False}", 0)),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(code(RawNpy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, x), }", 8)),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(code(RawNpy("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999,), }", 8)),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      code(RawNpy("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999,), }", 8)),
+      absl::StatusCode::kInvalidArgument);
   std::vector<uint8_t> bad_magic = RawNpy(ok, 24);
   bad_magic[1] = 'X';
   EXPECT_NE(msg(bad_magic).find("magic"), std::string::npos);
@@ -103,15 +110,20 @@ TEST(NpyTest, RejectsBadFilesWithClearErrors) {
   const auto good = RawNpy(ok, 24);
   for (size_t n = 0; n < good.size(); ++n) {
     EXPECT_EQ(ParseNpy(absl::MakeConstSpan(good).first(n), "t").status().code(),
-              absl::StatusCode::kInvalidArgument) << n;
+              absl::StatusCode::kInvalidArgument)
+        << n;
   }
 }
 
 class KvFileTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto kv = kernels::cpu::GenerateSynthKv({.tokens = 300, .num_kv_heads = 2, .num_q_heads = 2,
-                                             .head_dim = 64, .num_queries = 1, .seed = 2});
+    auto kv = kernels::cpu::GenerateSynthKv({.tokens = 300,
+                                             .num_kv_heads = 2,
+                                             .num_q_heads = 2,
+                                             .head_dim = 64,
+                                             .num_queries = 1,
+                                             .seed = 2});
     ASSERT_TRUE(kv.ok());
     kernels::cpu::SequenceOptions opt;
     auto p = kernels::cpu::EncodeSequence(opt, 64, 2, 300, kv->k.data(), kv->v.data());
@@ -135,8 +147,8 @@ TEST_F(KvFileTest, RoundTrips) {
   EXPECT_EQ(f->info.sink_blocks, 1);
   ASSERT_EQ(f->blocks.size(), 3u);
   EXPECT_EQ(f->blocks[2].header.token_count, 44u);
-  EXPECT_EQ(bytes_.size(), kKvFileHeaderBytes + 3 * 8 + payloads_[0].size() +
-                               payloads_[1].size() + payloads_[2].size());
+  EXPECT_EQ(bytes_.size(), kKvFileHeaderBytes + 3 * 8 + payloads_[0].size() + payloads_[1].size() +
+                               payloads_[2].size());
 }
 
 TEST_F(KvFileTest, RejectsCorruptionTruncationAndInconsistency) {
@@ -151,7 +163,8 @@ TEST_F(KvFileTest, RejectsCorruptionTruncationAndInconsistency) {
   EXPECT_EQ(Code(b), absl::StatusCode::kDataLoss);
   for (size_t n : {size_t{0}, size_t{31}, size_t{40}, bytes_.size() - 1}) {
     EXPECT_EQ(Code(std::vector<uint8_t>(bytes_.begin(), bytes_.begin() + n)),
-              absl::StatusCode::kInvalidArgument) << n;
+              absl::StatusCode::kInvalidArgument)
+        << n;
   }
   b = bytes_;
   b.push_back(0);
@@ -185,8 +198,12 @@ TEST_F(KvFileTest, RejectsCorruptionTruncationAndInconsistency) {
 // Payload validator (kernels/payload.h): a header rewritten with a consistent header checksum
 // but a wrong preset or wrong counts is kInvalidArgument (structural), not kDataLoss.
 TEST(ValidatorTest, WrongPresetAndWrongCountsAreInvalidArgument) {
-  auto kv = kernels::cpu::GenerateSynthKv({.tokens = 128, .num_kv_heads = 2, .num_q_heads = 2,
-                                           .head_dim = 128, .num_queries = 1, .seed = 4});
+  auto kv = kernels::cpu::GenerateSynthKv({.tokens = 128,
+                                           .num_kv_heads = 2,
+                                           .num_q_heads = 2,
+                                           .head_dim = 128,
+                                           .num_queries = 1,
+                                           .seed = 4});
   ASSERT_TRUE(kv.ok());
   kernels::cpu::SequenceOptions opt;
   opt.sink_blocks = 0;

@@ -104,7 +104,8 @@ absl::Status UsageError(const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(kUsagePrefix, what));
 }
 
-absl::Status CheckKnown(const Args& a, std::initializer_list<const char*> known, size_t max_positional) {
+absl::Status CheckKnown(const Args& a, std::initializer_list<const char*> known,
+                        size_t max_positional) {
   for (const auto& [k, v] : a.flags) {
     bool ok = false;
     for (const char* n : known) ok = ok || k == n;
@@ -127,8 +128,8 @@ absl::StatusOr<int> IntFlag(const Args& a, const char* flag, int def, int lo, in
   if (it == a.flags.end()) return def;
   int v;
   if (!absl::SimpleAtoi(it->second, &v) || v < lo || v > hi) {
-    return UsageError(absl::StrCat(flag, " must be an integer in [", lo, ", ", hi, "], got '",
-                                   it->second, "'"));
+    return UsageError(
+        absl::StrCat(flag, " must be an integer in [", lo, ", ", hi, "], got '", it->second, "'"));
   }
   return v;
 }
@@ -170,22 +171,24 @@ absl::StatusOr<KvArrays> ReadKv(const Args& a) {
   KVTIER_ASSIGN_OR_RETURN(kv.k, ReadNpy(kp));
   KVTIER_ASSIGN_OR_RETURN(kv.v, ReadNpy(vp));
   if (kv.k.shape.size() != 3) {
-    return absl::InvalidArgumentError(absl::StrCat(kp, ": shape ", kv.k.ShapeString(),
-                                                   " is not [tokens, kv_heads, head_dim]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(kp, ": shape ", kv.k.ShapeString(), " is not [tokens, kv_heads, head_dim]"));
   }
   if (kv.v.shape != kv.k.shape) {
-    return absl::InvalidArgumentError(absl::StrCat(vp, ": shape ", kv.v.ShapeString(),
-                                                   " differs from K's ", kv.k.ShapeString()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(vp, ": shape ", kv.v.ShapeString(), " differs from K's ", kv.k.ShapeString()));
   }
   if (kv.k.shape[0] > (int64_t{1} << 30) || kv.k.shape[1] > 65535 || kv.k.shape[2] > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat(kp, ": shape ", kv.k.ShapeString(), " too large"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(kp, ": shape ", kv.k.ShapeString(), " too large"));
   }
   kv.tokens = static_cast<int>(kv.k.shape[0]);
   kv.heads = static_cast<int>(kv.k.shape[1]);
   kv.dim = static_cast<int>(kv.k.shape[2]);
   absl::Status s = kernels::cpu::CheckSequenceShape(kv.dim, kv.heads, kv.tokens);
   if (!s.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(kp, ": shape ", kv.k.ShapeString(), ": ", s.message()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(kp, ": shape ", kv.k.ShapeString(), ": ", s.message()));
   }
   return kv;
 }
@@ -207,17 +210,16 @@ absl::StatusOr<Queries> ReadQueries(const std::string& path, int head_dim, int k
     r.n = static_cast<int>(s[0]);
     r.heads = static_cast<int>(s[1]);
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": shape ", r.q.ShapeString(),
-                                                   " is not [q_heads, head_dim]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": shape ", r.q.ShapeString(), " is not [q_heads, head_dim]"));
   }
   if (s.back() != head_dim) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": head_dim ", s.back(),
-                                                   " differs from the cache's ", head_dim));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": head_dim ", s.back(), " differs from the cache's ", head_dim));
   }
   if (r.n < 1 || r.heads < 1 || r.heads % kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": ", r.heads,
-                                                   " query heads is not a positive multiple of ",
-                                                   kv_heads, " KV heads"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": ", r.heads, " query heads is not a positive multiple of ", kv_heads, " KV heads"));
   }
   return r;
 }
@@ -235,13 +237,14 @@ absl::Status PrefixPath(const std::string& path, absl::Status s) {
 // ------------------------------------------------------------------ subcommands
 
 absl::Status Encode(const Args& a) {
-  KVTIER_RETURN_IF_ERROR(CheckKnown(a, {"--k", "--v", "--out", "--preset", "--sink-blocks", "--iterations"}, 0));
+  KVTIER_RETURN_IF_ERROR(
+      CheckKnown(a, {"--k", "--v", "--out", "--preset", "--sink-blocks", "--iterations"}, 0));
   KVTIER_ASSIGN_OR_RETURN(std::string out, Required(a, "--out"));
   KVTIER_ASSIGN_OR_RETURN(SequenceOptions opt, CodecFlags(a));
   KVTIER_ASSIGN_OR_RETURN(KvArrays kv, ReadKv(a));
-  KVTIER_ASSIGN_OR_RETURN(auto payloads, kernels::cpu::EncodeSequence(
-                                             opt, kv.dim, kv.heads, kv.tokens, kv.k.data.data(),
-                                             kv.v.data.data()));
+  KVTIER_ASSIGN_OR_RETURN(auto payloads,
+                          kernels::cpu::EncodeSequence(opt, kv.dim, kv.heads, kv.tokens,
+                                                       kv.k.data.data(), kv.v.data.data()));
   KvFileInfo info{opt.preset, opt.sink_blocks, kv.dim, kv.heads, kv.tokens};
   const std::vector<uint8_t> bytes = SerializeKvFile(info, payloads);
   KVTIER_RETURN_IF_ERROR(WriteFileBytes(out, bytes));
@@ -339,19 +342,19 @@ absl::Status Inspect(const Args& a) {
 }
 
 void PrintTable(const std::vector<MethodResult>& rows, bool with_speed) {
-  std::printf("%-18s %6s %6s %8s %8s %8s %8s %8s %8s %9s %9s", "method", "ratio", "bits",
-              "K err", "V err", "logit", "logit", "logit", "attn", "attn", "attn KL");
+  std::printf("%-18s %6s %6s %8s %8s %8s %8s %8s %8s %9s %9s", "method", "ratio", "bits", "K err",
+              "V err", "logit", "logit", "logit", "attn", "attn", "attn KL");
   if (with_speed) std::printf(" %9s %9s", "encode", "decode");
-  std::printf("\n%-18s %6s %6s %8s %8s %8s %8s %8s %8s %9s %9s", "", "x", "/elem", "rel",
-              "rel", "mean|e|", "std", "max|e|", "rel L2", "cosine", "mean");
+  std::printf("\n%-18s %6s %6s %8s %8s %8s %8s %8s %8s %9s %9s", "", "x", "/elem", "rel", "rel",
+              "mean|e|", "std", "max|e|", "rel L2", "cosine", "mean");
   if (with_speed) std::printf(" %9s %9s", "MB/s", "MB/s");
   std::printf("\n");
   for (const auto& r : rows) {
     const auto& m = r.metrics;
-    std::printf("%-18s %6.2f %6.3f %8.4f %8.4f %8.4f %8.4f %8.4f %8.4f %9.6f %9.2e",
-                r.name.c_str(), 16.0 / m.bits_per_element, m.bits_per_element, m.k_rel_error,
-                m.v_rel_error, m.logit_error_mean, m.logit_error_std, m.logit_error_max,
-                m.attn_rel_l2, m.attn_cosine, m.attn_kl_mean);
+    std::printf("%-18s %6.2f %6.3f %8.4f %8.4f %8.4f %8.4f %8.4f %8.4f %9.6f %9.2e", r.name.c_str(),
+                16.0 / m.bits_per_element, m.bits_per_element, m.k_rel_error, m.v_rel_error,
+                m.logit_error_mean, m.logit_error_std, m.logit_error_max, m.attn_rel_l2,
+                m.attn_cosine, m.attn_kl_mean);
     if (with_speed) {
       if (r.encode_mb_per_s > 0) {
         std::printf(" %9.1f %9.1f", r.encode_mb_per_s, r.decode_mb_per_s);
@@ -364,17 +367,19 @@ void PrintTable(const std::vector<MethodResult>& rows, bool with_speed) {
 }
 
 absl::Status Eval(const Args& a) {
-  KVTIER_RETURN_IF_ERROR(CheckKnown(a, {"--k", "--v", "--q", "--preset", "--sink-blocks", "--iterations"}, 0));
+  KVTIER_RETURN_IF_ERROR(
+      CheckKnown(a, {"--k", "--v", "--q", "--preset", "--sink-blocks", "--iterations"}, 0));
   KVTIER_ASSIGN_OR_RETURN(std::string qp, Required(a, "--q"));
   KVTIER_ASSIGN_OR_RETURN(SequenceOptions opt, CodecFlags(a));
   KVTIER_ASSIGN_OR_RETURN(KvArrays kv, ReadKv(a));
   KVTIER_ASSIGN_OR_RETURN(Queries q, ReadQueries(qp, kv.dim, kv.heads));
-  AttentionInputs in{kv.tokens, kv.heads, q.heads, kv.dim, q.n,
-                     kv.k.data.data(), kv.v.data.data(), q.q.data.data()};
+  AttentionInputs in{kv.tokens, kv.heads,         q.heads,          kv.dim,
+                     q.n,       kv.k.data.data(), kv.v.data.data(), q.q.data.data()};
   KVTIER_ASSIGN_OR_RETURN(auto rows, kernels::cpu::EvaluateCodecs(in, opt));
-  std::printf("tokens %d, kv_heads %d, q_heads %d, head_dim %d, queries %d; sink blocks %d, "
-              "iterations %d; errors vs a float64 reference\n\n",
-              kv.tokens, kv.heads, q.heads, kv.dim, q.n, opt.sink_blocks, opt.codec.iterations);
+  std::printf(
+      "tokens %d, kv_heads %d, q_heads %d, head_dim %d, queries %d; sink blocks %d, "
+      "iterations %d; errors vs a float64 reference\n\n",
+      kv.tokens, kv.heads, q.heads, kv.dim, q.n, opt.sink_blocks, opt.codec.iterations);
   PrintTable(rows, /*with_speed=*/false);
   return absl::OkStatus();
 }
@@ -392,8 +397,10 @@ absl::StatusOr<kernels::cpu::SynthOptions> SynthFlags(const Args& a, kernels::cp
 }
 
 absl::Status Synth(const Args& a) {
-  KVTIER_RETURN_IF_ERROR(CheckKnown(a, {"--out-dir", "--tokens", "--kv-heads", "--q-heads",
-                                        "--head-dim", "--queries", "--seed", "--dtype"}, 0));
+  KVTIER_RETURN_IF_ERROR(CheckKnown(a,
+                                    {"--out-dir", "--tokens", "--kv-heads", "--q-heads",
+                                     "--head-dim", "--queries", "--seed", "--dtype"},
+                                    0));
   KVTIER_ASSIGN_OR_RETURN(auto o, SynthFlags(a, {}));
   KVTIER_ASSIGN_OR_RETURN(NpyDtype dtype, DtypeFlag(a, NpyDtype::kFloat16));
   const std::string dir = a.flags.count("--out-dir") ? a.flags.at("--out-dir") : ".";
@@ -403,9 +410,9 @@ absl::Status Synth(const Args& a) {
   KVTIER_RETURN_IF_ERROR(WriteNpy(dir + "/K.npy", kv_shape, kv.k.data(), dtype));
   KVTIER_RETURN_IF_ERROR(WriteNpy(dir + "/V.npy", kv_shape, kv.v.data(), dtype));
   KVTIER_RETURN_IF_ERROR(WriteNpy(dir + "/Q.npy", q_shape, kv.q.data(), dtype));
-  std::printf("wrote %s/{K,V}.npy (%d, %d, %d) and %s/Q.npy (%d, %d, %d), seed %llu\n",
-              dir.c_str(), kv.tokens, kv.num_kv_heads, kv.head_dim, dir.c_str(), kv.num_queries,
-              kv.num_q_heads, kv.head_dim, static_cast<unsigned long long>(o.seed));
+  std::printf("wrote %s/{K,V}.npy (%d, %d, %d) and %s/Q.npy (%d, %d, %d), seed %llu\n", dir.c_str(),
+              kv.tokens, kv.num_kv_heads, kv.head_dim, dir.c_str(), kv.num_queries, kv.num_q_heads,
+              kv.head_dim, static_cast<unsigned long long>(o.seed));
   return absl::OkStatus();
 }
 
@@ -415,9 +422,9 @@ absl::Status Tiles(const Args& a) {
   KVTIER_ASSIGN_OR_RETURN(SequenceOptions opt, CodecFlags(a));
   KVTIER_ASSIGN_OR_RETURN(KvArrays kv, ReadKv(a));
   const auto layout = kernels::MakeTileLayout(opt.preset, kv.dim);
-  KVTIER_ASSIGN_OR_RETURN(auto bytes, kernels::cpu::EncodeTiles(layout, kv.heads, kv.tokens,
-                                                                kv.k.data.data(), kv.v.data.data(),
-                                                                opt.codec));
+  KVTIER_ASSIGN_OR_RETURN(auto bytes,
+                          kernels::cpu::EncodeTiles(layout, kv.heads, kv.tokens, kv.k.data.data(),
+                                                    kv.v.data.data(), opt.codec));
   KVTIER_RETURN_IF_ERROR(WriteFileBytes(out, bytes));
   std::printf("wrote %s: %d blocks x %d kv_heads x %zu-byte records (%d trailing tokens dropped)\n",
               out.c_str(), kv.tokens / layout.group_size, kv.heads, layout.record_bytes,
@@ -426,8 +433,8 @@ absl::Status Tiles(const Args& a) {
 }
 
 absl::Status Demo(const Args& a) {
-  KVTIER_RETURN_IF_ERROR(CheckKnown(a, {"--tokens", "--kv-heads", "--q-heads", "--head-dim",
-                                        "--queries", "--seed"}, 0));
+  KVTIER_RETURN_IF_ERROR(CheckKnown(
+      a, {"--tokens", "--kv-heads", "--q-heads", "--head-dim", "--queries", "--seed"}, 0));
   kernels::cpu::SynthOptions defaults;
   defaults.tokens = 4096;
   defaults.num_kv_heads = 8;
@@ -436,25 +443,32 @@ absl::Status Demo(const Args& a) {
   defaults.num_queries = 4;
   KVTIER_ASSIGN_OR_RETURN(auto o, SynthFlags(a, defaults));
   std::printf("kvtier codec demo: the KVarN codec on the CPU (one core) on synthetic KV\n");
-  std::printf("synthetic KV: %d tokens, %d KV heads, %d query heads, head_dim %d, %d queries, "
-              "seed %llu\n", o.tokens, o.num_kv_heads, o.num_q_heads, o.head_dim, o.num_queries,
-              static_cast<unsigned long long>(o.seed));
-  std::printf("(post-RoPE keys with outlier channels, Student-t noise, an attention sink; "
-              "docs/codec.md)\n");
+  std::printf(
+      "synthetic KV: %d tokens, %d KV heads, %d query heads, head_dim %d, %d queries, "
+      "seed %llu\n",
+      o.tokens, o.num_kv_heads, o.num_q_heads, o.head_dim, o.num_queries,
+      static_cast<unsigned long long>(o.seed));
+  std::printf(
+      "(post-RoPE keys with outlier channels, Student-t noise, an attention sink; "
+      "docs/codec.md)\n");
   KVTIER_ASSIGN_OR_RETURN(auto kv, kernels::cpu::GenerateSynthKv(o));
-  AttentionInputs in{kv.tokens, kv.num_kv_heads, kv.num_q_heads, kv.head_dim, kv.num_queries,
-                     kv.k.data(), kv.v.data(), kv.q.data()};
+  AttentionInputs in{kv.tokens,      kv.num_kv_heads, kv.num_q_heads, kv.head_dim,
+                     kv.num_queries, kv.k.data(),     kv.v.data(),    kv.q.data()};
   for (Preset p : {Preset::kK4V2G128, Preset::kK4V4G128}) {
     SequenceOptions opt;
     opt.preset = p;
     KVTIER_ASSIGN_OR_RETURN(auto rows, kernels::cpu::EvaluateCodecs(in, opt));
-    std::printf("\n== %s (first block and partial tail kept FP16; every method gets the same "
-                "FP16 tokens)\n", std::string(kernels::PresetName(p)).c_str());
+    std::printf(
+        "\n== %s (first block and partial tail kept FP16; every method gets the same "
+        "FP16 tokens)\n",
+        std::string(kernels::PresetName(p)).c_str());
     PrintTable(rows, /*with_speed=*/true);
   }
-  std::printf("\nratio = 16 / bits per element, all metadata, block headers and FP16 sink/tail "
-              "included;\nerrors vs a float64 reference; MB/s: FP16 K+V bytes per second of one core's CPU time\n"
-              "(encode: blocks -> payloads; decode: payloads -> fp32 K, V).\n");
+  std::printf(
+      "\nratio = 16 / bits per element, all metadata, block headers and FP16 sink/tail "
+      "included;\nerrors vs a float64 reference; MB/s: FP16 K+V bytes per second of one core's CPU "
+      "time\n"
+      "(encode: blocks -> payloads; decode: payloads -> fp32 K, V).\n");
   return absl::OkStatus();
 }
 

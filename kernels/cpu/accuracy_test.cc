@@ -18,8 +18,8 @@ namespace kvtier::kernels::cpu {
 namespace {
 
 AttentionInputs InputsOf(const SynthKv& kv) {
-  return {kv.tokens, kv.num_kv_heads, kv.num_q_heads, kv.head_dim, kv.num_queries,
-          kv.k.data(), kv.v.data(), kv.q.data()};
+  return {kv.tokens,      kv.num_kv_heads, kv.num_q_heads, kv.head_dim,
+          kv.num_queries, kv.k.data(),     kv.v.data(),    kv.q.data()};
 }
 
 std::vector<PayloadView> Views(const std::vector<std::vector<uint8_t>>& payloads) {
@@ -35,8 +35,12 @@ std::vector<PayloadView> Views(const std::vector<std::vector<uint8_t>>& payloads
 // ---------------------------------------------------------------- synthetic generator
 
 TEST(SynthTest, DeterministicShapedAndFp16) {
-  SynthOptions o{.tokens = 300, .num_kv_heads = 2, .num_q_heads = 6, .head_dim = 64,
-                 .num_queries = 3, .seed = 7};
+  SynthOptions o{.tokens = 300,
+                 .num_kv_heads = 2,
+                 .num_q_heads = 6,
+                 .head_dim = 64,
+                 .num_queries = 3,
+                 .seed = 7};
   auto a = GenerateSynthKv(o);
   auto b = GenerateSynthKv(o);
   ASSERT_TRUE(a.ok() && b.ok());
@@ -54,8 +58,12 @@ TEST(SynthTest, DeterministicShapedAndFp16) {
 }
 
 TEST(SynthTest, HasOutlierChannelsAndAnAttentionSink) {
-  auto kv = GenerateSynthKv({.tokens = 1024, .num_kv_heads = 2, .num_q_heads = 8,
-                             .head_dim = 128, .num_queries = 4, .seed = 3});
+  auto kv = GenerateSynthKv({.tokens = 1024,
+                             .num_kv_heads = 2,
+                             .num_q_heads = 8,
+                             .head_dim = 128,
+                             .num_queries = 4,
+                             .seed = 3});
   ASSERT_TRUE(kv.ok());
   const int d = 128, hk = 2;
   for (int h = 0; h < hk; ++h) {
@@ -116,14 +124,19 @@ TEST(SynthTest, RejectsBadOptions) {
   EXPECT_EQ(GenerateSynthKv({.num_kv_heads = 3, .num_q_heads = 8}).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(GenerateSynthKv({.tokens = 1}).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(GenerateSynthKv({.num_queries = 0}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GenerateSynthKv({.num_queries = 0}).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // ---------------------------------------------------------------- sequence
 
 TEST(SequenceTest, SinkTilesAndTailBlocks) {
-  auto kv = GenerateSynthKv({.tokens = 300, .num_kv_heads = 2, .num_q_heads = 4,
-                             .head_dim = 64, .num_queries = 2, .seed = 5});
+  auto kv = GenerateSynthKv({.tokens = 300,
+                             .num_kv_heads = 2,
+                             .num_q_heads = 4,
+                             .head_dim = 64,
+                             .num_queries = 2,
+                             .seed = 5});
   ASSERT_TRUE(kv.ok());
   SequenceOptions opt;  // k4v2_g128, one sink block
   auto payloads = EncodeSequence(opt, 64, 2, 300, kv->k.data(), kv->v.data());
@@ -164,7 +177,8 @@ TEST(SequenceTest, SinkTilesAndTailBlocks) {
   const TileLayout layout = MakeTileLayout(opt.preset, 64);
   std::vector<float> out(4 * 64);
   ASSERT_TRUE(AttendReference(layout, 2, *sections, kv->q.data(), 4, 0.125f, out.data(), nullptr,
-                              /*use_float64=*/true).ok());
+                              /*use_float64=*/true)
+                  .ok());
   for (int qh = 0; qh < 4; ++qh) {
     const int h = qh / 2;
     std::vector<double> s(300), o(64, 0.0);
@@ -184,8 +198,12 @@ TEST(SequenceTest, SinkTilesAndTailBlocks) {
 }
 
 TEST(SequenceTest, TilesMatchPayloadRecords) {
-  auto kv = GenerateSynthKv({.tokens = 200, .num_kv_heads = 3, .num_q_heads = 3,
-                             .head_dim = 64, .num_queries = 1, .seed = 9});
+  auto kv = GenerateSynthKv({.tokens = 200,
+                             .num_kv_heads = 3,
+                             .num_q_heads = 3,
+                             .head_dim = 64,
+                             .num_queries = 1,
+                             .seed = 9});
   ASSERT_TRUE(kv.ok());
   SequenceOptions opt;
   opt.preset = Preset::kK4V4G64;
@@ -259,8 +277,12 @@ TEST(BaselineTest, RtnBitsAndGroups) {
 }
 
 TEST(MetricsTest, ZeroForAnExactCacheAndExactLogitError) {
-  auto kv = GenerateSynthKv({.tokens = 64, .num_kv_heads = 1, .num_q_heads = 2,
-                             .head_dim = 64, .num_queries = 2, .seed = 4});
+  auto kv = GenerateSynthKv({.tokens = 64,
+                             .num_kv_heads = 1,
+                             .num_q_heads = 2,
+                             .head_dim = 64,
+                             .num_queries = 2,
+                             .seed = 4});
   ASSERT_TRUE(kv.ok());
   const AttentionInputs in = InputsOf(*kv);
   CodecMetrics same = ComputeMetrics(in, kv->k.data(), kv->v.data(), 16.0);
@@ -293,8 +315,12 @@ TEST(MetricsTest, ZeroForAnExactCacheAndExactLogitError) {
 TEST(AccuracyTest, KvarnK4v2BeatsPlainRtnOnLogitsAndTiesOnAttention) {
   CodecMetrics kvarn, rtn;
   for (uint64_t seed : {1, 2, 3}) {
-    auto kv = GenerateSynthKv({.tokens = 1024, .num_kv_heads = 2, .num_q_heads = 8,
-                               .head_dim = 128, .num_queries = 8, .seed = seed});
+    auto kv = GenerateSynthKv({.tokens = 1024,
+                               .num_kv_heads = 2,
+                               .num_q_heads = 8,
+                               .head_dim = 128,
+                               .num_queries = 8,
+                               .seed = seed});
     ASSERT_TRUE(kv.ok());
     auto rows = EvaluateCodecs(InputsOf(*kv), SequenceOptions{});
     ASSERT_TRUE(rows.ok()) << rows.status();

@@ -200,8 +200,8 @@ NormalizeResult NormalizeLog(const float* x, int rows, int cols, int iterations,
   return best;
 }
 
-KVTIER_VECTOR_CLONES void QuantizeRows(const float* x, int rows, int cols, int bits,
-                                       uint8_t* codes, float* scale, float* lo) {
+KVTIER_VECTOR_CLONES void QuantizeRows(const float* x, int rows, int cols, int bits, uint8_t* codes,
+                                       float* scale, float* lo) {
   const int qmax = (1 << bits) - 1;
   const float qmax_f = static_cast<float>(qmax);
   for (int r = 0; r < rows; ++r) {
@@ -308,8 +308,7 @@ void CompressMatrix(const float* x, int rows, int cols, int bits, int iterations
     for (int c = 0; c < cols; ++c) br[c] = xr[c] / s_col[c] / e;
   }
   codes.resize(static_cast<size_t>(rows) * cols);
-  internal::QuantizeRows(balanced.data(), rows, cols, bits, codes.data(), scale.data(),
-                         lo.data());
+  internal::QuantizeRows(balanced.data(), rows, cols, bits, codes.data(), scale.data(), lo.data());
   row_scale.resize(rows);
   row_zero.resize(rows);
   col_scale.resize(cols);
@@ -345,7 +344,8 @@ absl::Status EncodeRotatedTile(const TileLayout& layout, const float* k_rot, con
   // K tile: [D rows × G cols] (rows = channels, the quantization axis).
   kt.resize(n);
   for (int t = 0; t < g; ++t) {
-    for (int c = 0; c < d; ++c) kt[static_cast<size_t>(c) * g + t] = k_rot[static_cast<size_t>(t) * d + c];
+    for (int c = 0; c < d; ++c)
+      kt[static_cast<size_t>(c) * g + t] = k_rot[static_cast<size_t>(t) * d + c];
   }
   record.assign(layout.record_bytes, 0);
   uint8_t* rec = record.data();
@@ -410,8 +410,8 @@ void DecodeTile(const TileLayout& layout, const uint8_t* record, float* k_rot, f
   s_col_v.resize(d);
   for (int t = 0; t < g; ++t) s_row_k[t] = GetHalf(record + layout.s_row_k_offset + 2 * t);
   for (int c = 0; c < d; ++c) {
-    internal::UnpackRow(record + layout.k_codes_offset + c * layout.k_row_bytes, g,
-                        layout.key_bits, codes.data());
+    internal::UnpackRow(record + layout.k_codes_offset + c * layout.k_row_bytes, g, layout.key_bits,
+                        codes.data());
     const float s = GetHalf(record + layout.s_col_k_offset + 2 * c);
     const float z = GetHalf(record + layout.zp_k_offset + 2 * c);
     for (int t = 0; t < g; ++t) {
@@ -435,12 +435,13 @@ void RotateToHalf(int head_dim, int tokens, const float* x, uint16_t* out) {
     std::copy(x + static_cast<size_t>(t) * head_dim, x + static_cast<size_t>(t + 1) * head_dim,
               row.begin());
     Fwht(row.data(), head_dim);
-    for (int c = 0; c < head_dim; ++c) out[static_cast<size_t>(t) * head_dim + c] = FloatToHalf(row[c]);
+    for (int c = 0; c < head_dim; ++c)
+      out[static_cast<size_t>(t) * head_dim + c] = FloatToHalf(row[c]);
   }
 }
 
-void EncodeFp16Section(int head_dim, int num_kv_heads, int tokens, const float* k,
-                       const float* v, uint16_t* out) {
+void EncodeFp16Section(int head_dim, int num_kv_heads, int tokens, const float* k, const float* v,
+                       uint16_t* out) {
   const size_t d = head_dim;
   std::vector<float> row(d);
   for (int h = 0; h < num_kv_heads; ++h) {
@@ -504,11 +505,13 @@ void Attend(const TileLayout& layout, int num_kv_heads, absl::Span<const BlockSe
   const int group = num_q_heads / num_kv_heads;
   size_t total = 0;
   for (const auto& b : blocks) total += b.tokens;
-  const T fwht_scale = std::is_same_v<T, float> ? static_cast<T>(FwhtScale(d))
-                                                : static_cast<T>(1.0 / std::sqrt(static_cast<double>(d)));
+  const T fwht_scale = std::is_same_v<T, float>
+                           ? static_cast<T>(FwhtScale(d))
+                           : static_cast<T>(1.0 / std::sqrt(static_cast<double>(d)));
   std::vector<T> q_rot(static_cast<size_t>(num_q_heads) * d);
   for (size_t i = 0; i < q_rot.size(); ++i) q_rot[i] = static_cast<T>(q[i]);
-  for (int h = 0; h < num_q_heads; ++h) FwhtT<T>(q_rot.data() + static_cast<size_t>(h) * d, d, fwht_scale);
+  for (int h = 0; h < num_q_heads; ++h)
+    FwhtT<T>(q_rot.data() + static_cast<size_t>(h) * d, d, fwht_scale);
 
   std::vector<T> scores(static_cast<size_t>(num_q_heads) * total);
   std::vector<float> kf(static_cast<size_t>(g) * d), vf(static_cast<size_t>(g) * d);
@@ -566,9 +569,8 @@ void Attend(const TileLayout& layout, int num_kv_heads, absl::Span<const BlockSe
 }  // namespace
 
 absl::Status AttendReference(const TileLayout& layout, int num_kv_heads,
-                             absl::Span<const BlockSection> blocks, const float* q,
-                             int num_q_heads, float softmax_scale, float* out, float* lse,
-                             bool use_float64) {
+                             absl::Span<const BlockSection> blocks, const float* q, int num_q_heads,
+                             float softmax_scale, float* out, float* lse, bool use_float64) {
   if (absl::Status s = CheckLayout(layout); !s.ok()) return s;
   if (num_kv_heads <= 0 || num_q_heads <= 0 || num_q_heads % num_kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat("attention: ", num_q_heads,
@@ -578,11 +580,10 @@ absl::Status AttendReference(const TileLayout& layout, int num_kv_heads,
   if (blocks.empty()) return absl::InvalidArgumentError("attention: no blocks");
   for (size_t i = 0; i < blocks.size(); ++i) {
     const BlockSection& b = blocks[i];
-    const bool ok = b.data != nullptr &&
-                    (b.encoding == BlockEncoding::kTiles
-                         ? b.tokens == layout.group_size
-                         : (b.encoding == BlockEncoding::kFp16 && b.tokens >= 1 &&
-                            b.tokens <= layout.group_size));
+    const bool ok = b.data != nullptr && (b.encoding == BlockEncoding::kTiles
+                                              ? b.tokens == layout.group_size
+                                              : (b.encoding == BlockEncoding::kFp16 &&
+                                                 b.tokens >= 1 && b.tokens <= layout.group_size));
     if (!ok) {
       return absl::InvalidArgumentError(
           absl::StrCat("attention: block ", i, " is malformed (encoding ",

@@ -21,8 +21,12 @@ TileInput MakeInput(Preset preset, int d) {
   TileInput in;
   in.layout = MakeTileLayout(preset, d);
   const int g = in.layout.group_size;
-  auto kv = GenerateSynthKv({.tokens = 2 * g, .num_kv_heads = 1, .num_q_heads = 1,
-                             .head_dim = d, .num_queries = 1, .seed = 11});
+  auto kv = GenerateSynthKv({.tokens = 2 * g,
+                             .num_kv_heads = 1,
+                             .num_q_heads = 1,
+                             .head_dim = d,
+                             .num_queries = 1,
+                             .seed = 11});
   // Block 1 (not the sink block), head 0.
   for (size_t i = 0; i < static_cast<size_t>(g) * d; ++i) {
     in.k16.push_back(FloatToHalf(kv->k[static_cast<size_t>(g) * d + i]));
@@ -32,7 +36,8 @@ TileInput MakeInput(Preset preset, int d) {
 }
 
 void BM_EncodeTile(benchmark::State& state) {
-  const TileInput in = MakeInput(static_cast<Preset>(state.range(0)), static_cast<int>(state.range(1)));
+  const TileInput in =
+      MakeInput(static_cast<Preset>(state.range(0)), static_cast<int>(state.range(1)));
   const size_t n = in.k16.size();
   std::vector<float> k(n), v(n);
   std::vector<uint8_t> rec(in.layout.record_bytes);
@@ -49,7 +54,8 @@ void BM_EncodeTile(benchmark::State& state) {
 }
 
 void BM_DecompressTile(benchmark::State& state) {
-  const TileInput in = MakeInput(static_cast<Preset>(state.range(0)), static_cast<int>(state.range(1)));
+  const TileInput in =
+      MakeInput(static_cast<Preset>(state.range(0)), static_cast<int>(state.range(1)));
   const size_t n = in.k16.size();
   std::vector<float> k(n), v(n);
   for (size_t i = 0; i < n; ++i) {
@@ -69,7 +75,8 @@ void BM_DecompressTile(benchmark::State& state) {
 }
 
 void BM_DecodeTileRotated(benchmark::State& state) {
-  const TileInput in = MakeInput(static_cast<Preset>(state.range(0)), static_cast<int>(state.range(1)));
+  const TileInput in =
+      MakeInput(static_cast<Preset>(state.range(0)), static_cast<int>(state.range(1)));
   const size_t n = in.k16.size();
   std::vector<float> k(n), v(n);
   for (size_t i = 0; i < n; ++i) {

@@ -15,9 +15,8 @@ absl::StatusOr<std::vector<MethodResult>> EvaluateCodecs(const AttentionInputs& 
                                                          bool include_baselines) {
   KVTIER_RETURN_IF_ERROR(CheckSequenceShape(in.head_dim, in.num_kv_heads, in.tokens));
   if (in.num_q_heads < 1 || in.num_q_heads % in.num_kv_heads != 0 || in.num_queries < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("q_heads ", in.num_q_heads,
-                                                   " is not a positive multiple of kv_heads ",
-                                                   in.num_kv_heads));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "q_heads ", in.num_q_heads, " is not a positive multiple of kv_heads ", in.num_kv_heads));
   }
   // CPU time of this thread: on a shared machine wall time would measure the neighbours.
   auto now = [] {
@@ -32,8 +31,8 @@ absl::StatusOr<std::vector<MethodResult>> EvaluateCodecs(const AttentionInputs& 
   MethodResult kvarn;
   kvarn.name = absl::StrCat("kvarn ", std::string(PresetName(options.preset)));
   const double t0 = now();
-  KVTIER_ASSIGN_OR_RETURN(auto payloads, EncodeSequence(options, in.head_dim, in.num_kv_heads,
-                                                        in.tokens, in.k, in.v));
+  KVTIER_ASSIGN_OR_RETURN(
+      auto payloads, EncodeSequence(options, in.head_dim, in.num_kv_heads, in.tokens, in.k, in.v));
   const double t1 = now();
   std::vector<PayloadView> views;
   for (const auto& p : payloads) {
@@ -48,7 +47,8 @@ absl::StatusOr<std::vector<MethodResult>> EvaluateCodecs(const AttentionInputs& 
   kvarn.encode_mb_per_s = fp16_mb / std::max(t1 - t0, 1e-9);
   kvarn.decode_mb_per_s = fp16_mb / std::max(t3 - t2, 1e-9);
   const double elements = 2.0 * in.tokens * in.num_kv_heads * in.head_dim;
-  kvarn.metrics = ComputeMetrics(in, k_hat.data(), v_hat.data(), kvarn.stored_bytes * 8.0 / elements);
+  kvarn.metrics =
+      ComputeMetrics(in, k_hat.data(), v_hat.data(), kvarn.stored_bytes * 8.0 / elements);
   out.push_back(kvarn);
   if (!include_baselines) return out;
 

@@ -10,3 +10,13 @@ kvtier_add_test(codec_file_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/codec_file_tes
 add_test(NAME codec_cli_test
   COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/codec_cli_test.sh $<TARGET_FILE:kvtier>)
 set_tests_properties(codec_cli_test PROPERTIES LABELS codec TIMEOUT 300)
+# The committed golden files are exactly what the numpy script produces (Debian's numpy).
+find_program(KVTIER_SYSTEM_PYTHON3 python3 PATHS /usr/bin NO_DEFAULT_PATH)
+if(KVTIER_SYSTEM_PYTHON3)
+  add_test(NAME codec_golden_script_test
+    COMMAND bash -c "set -e; d=$(mktemp -d); trap 'rm -rf $d' EXIT; \
+      ${KVTIER_SYSTEM_PYTHON3} ${CMAKE_CURRENT_LIST_DIR}/golden/make_golden.py $d >/dev/null; \
+      for f in $d/*; do cmp $f ${CMAKE_CURRENT_LIST_DIR}/golden/$(basename $f); done; \
+      test $(ls $d | wc -l) -eq 24")
+  set_tests_properties(codec_golden_script_test PROPERTIES LABELS codec TIMEOUT 120)
+endif()

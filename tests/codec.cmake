@@ -17,6 +17,6 @@ if(KVTIER_SYSTEM_PYTHON3)
     COMMAND bash -c "set -e; d=$(mktemp -d); trap 'rm -rf $d' EXIT; \
       ${KVTIER_SYSTEM_PYTHON3} ${CMAKE_CURRENT_LIST_DIR}/golden/make_golden.py $d >/dev/null; \
       for f in $d/*; do cmp $f ${CMAKE_CURRENT_LIST_DIR}/golden/$(basename $f); done; \
-      test $(ls $d | wc -l) -eq 24")
+      test $(ls $d | wc -l) -eq 27")
   set_tests_properties(codec_golden_script_test PROPERTIES LABELS codec TIMEOUT 120)
 endif()

@@ -48,25 +48,69 @@ float StdDev(const float* v, int n, int stride) {
 namespace {
 
 // Column stds of a row-major [rows × cols] matrix: out[c] = StdDev(y + c, rows, cols), with
-// the sums over rows vectorized across columns (same order per column, same bits).
-KVTIER_VECTOR_CLONES void ColumnStds(const float* y, int rows, int cols, float* sum, float* out) {
-  std::fill(sum, sum + cols, 0.0f);
+// the sums over rows vectorized across columns (same order per column, same bits). Columns
+// go in chunks of kChunk so that the accumulators stay in registers.
+template <int kChunk>
+inline void ColumnStdsChunk(const float* y, int rows, int cols, int c0, float* out) {
+  float acc[kChunk] = {};
   for (int r = 0; r < rows; ++r) {
-    const float* row = y + static_cast<size_t>(r) * cols;
-    for (int c = 0; c < cols; ++c) sum[c] += row[c];
+    const float* row = y + static_cast<size_t>(r) * cols + c0;
+    for (int j = 0; j < kChunk; ++j) acc[j] += row[j];
   }
+  float mean[kChunk];
   const float n = static_cast<float>(rows);
-  for (int c = 0; c < cols; ++c) sum[c] = sum[c] / n;  // now the mean
-  std::fill(out, out + cols, 0.0f);
+  for (int j = 0; j < kChunk; ++j) {
+    mean[j] = acc[j] / n;
+    acc[j] = 0.0f;
+  }
   for (int r = 0; r < rows; ++r) {
-    const float* row = y + static_cast<size_t>(r) * cols;
-    for (int c = 0; c < cols; ++c) {
-      const float d = row[c] - sum[c];
-      out[c] += d * d;
+    const float* row = y + static_cast<size_t>(r) * cols + c0;
+    for (int j = 0; j < kChunk; ++j) {
+      const float d = row[j] - mean[j];
+      acc[j] += d * d;
     }
   }
   const float n1 = static_cast<float>(rows - 1);
-  for (int c = 0; c < cols; ++c) out[c] = std::sqrt(out[c] / n1);
+  for (int j = 0; j < kChunk; ++j) out[c0 + j] = std::sqrt(acc[j] / n1);
+}
+
+// Row stds of a row-major [rows × cols] matrix: out[r] = StdDev(y + r*cols, cols, 1), each
+// row summed sequentially; kRows rows at a time for independent dependency chains.
+template <int kRows>
+inline void RowStdsChunk(const float* y, int cols, int r0, float* out) {
+  float acc[kRows] = {};
+  for (int c = 0; c < cols; ++c) {
+    for (int j = 0; j < kRows; ++j) acc[j] += y[static_cast<size_t>(r0 + j) * cols + c];
+  }
+  float mean[kRows];
+  const float n = static_cast<float>(cols);
+  for (int j = 0; j < kRows; ++j) {
+    mean[j] = acc[j] / n;
+    acc[j] = 0.0f;
+  }
+  for (int c = 0; c < cols; ++c) {
+    for (int j = 0; j < kRows; ++j) {
+      const float d = y[static_cast<size_t>(r0 + j) * cols + c] - mean[j];
+      acc[j] += d * d;
+    }
+  }
+  const float n1 = static_cast<float>(cols - 1);
+  for (int j = 0; j < kRows; ++j) out[r0 + j] = std::sqrt(acc[j] / n1);
+}
+
+KVTIER_VECTOR_CLONES void RowStdsDirect(const float* y, int rows, int cols, float* out) {
+  constexpr int kRows = 8;
+  int r0 = 0;
+  for (; r0 + kRows <= rows; r0 += kRows) RowStdsChunk<kRows>(y, cols, r0, out);
+  for (; r0 < rows; ++r0) RowStdsChunk<1>(y, cols, r0, out);
+}
+
+KVTIER_VECTOR_CLONES void ColumnStds(const float* y, int rows, int cols, float* sum, float* out) {
+  constexpr int kChunk = 32;
+  int c0 = 0;
+  for (; c0 + kChunk <= cols; c0 += kChunk) ColumnStdsChunk<kChunk>(y, rows, cols, c0, out);
+  for (; c0 < cols; ++c0) ColumnStdsChunk<1>(y, rows, cols, c0, out);
+  (void)sum;
 }
 
 // Row stds of a row-major [rows × cols] matrix: out[r] = StdDev(y + r*cols, cols, 1), with
@@ -112,9 +156,9 @@ KVTIER_VECTOR_CLONES void Transpose(const float* in, int rows, int cols, float* 
   for (int r0 = 0; r0 < rows; r0 += kB) {
     for (int c0 = 0; c0 < cols; c0 += kB) {
       const int r1 = std::min(rows, r0 + kB), c1 = std::min(cols, c0 + kB);
-      for (int c = c0; c < c1; ++c) {
-        float* o = out + static_cast<size_t>(c) * rows;
-        for (int r = r0; r < r1; ++r) o[r] = in[static_cast<size_t>(r) * cols + c];
+      for (int r = r0; r < r1; ++r) {
+        const float* i = in + static_cast<size_t>(r) * cols;
+        for (int c = c0; c < c1; ++c) out[static_cast<size_t>(c) * rows + r] = i[c];
       }
     }
   }
@@ -143,11 +187,12 @@ float Imbalance(const float* y, int rows, int cols) {
 
 NormalizeResult NormalizeLog(const float* x, int rows, int cols, int iterations, float* lc,
                              float* lr, std::vector<NormalizeStep>* trace) {
-  // Row statistics are computed as column statistics of the transposed matrix (Y^T is
-  // computed from X^T with the same two divisions per element, so it holds the same
-  // values), which keeps every reduction sequential per row/column and vectorized across
-  // rows/columns. The column stds of Y at the end of iteration i are exactly those the
-  // column pass of iteration i+1 needs (same lc, lr, same Y), so they are computed once.
+  // Mid-iteration row statistics are column statistics of Y^T, computed from X^T with the
+  // same two divisions per element (so the same values), vectorized across rows; the
+  // end-of-iteration row stds are summed along each row of Y directly. Every reduction runs
+  // sequentially per row/column either way. The column stds of Y at the end of iteration i
+  // are exactly those the column pass of iteration i+1 needs (same lc, lr, same Y), so they
+  // are computed once.
   thread_local std::vector<float> xt, y, yt, sum, cs, rs, cur_lc, cur_lr, ec, er;
   const size_t n = static_cast<size_t>(rows) * cols;
   xt.resize(n);
@@ -186,8 +231,7 @@ NormalizeResult NormalizeLog(const float* x, int rows, int cols, int iterations,
     }
     Scale(x, rows, cols, ec.data(), er.data(), y.data());
     ColumnStds(y.data(), rows, cols, sum.data(), cs.data());
-    Transpose(y.data(), rows, cols, yt.data());
-    ColumnStds(yt.data(), cols, rows, sum.data(), rs.data());
+    RowStdsDirect(y.data(), rows, cols, rs.data());
     const float imb = ImbalanceFromStds(cs.data(), cols, rs.data(), rows);
     if (trace != nullptr) trace->push_back({cur_lc, cur_lr, imb});
     if (imb <= best.best_imbalance) {  // later ties win

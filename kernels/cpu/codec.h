@@ -32,7 +32,9 @@ void Fwht(float* x, int n);
 
 // Encodes one tile. k, v: [G][D] row-major fp32 (token-major, as a paged cache holds
 // them), NOT rotated. out: layout.record_bytes bytes; padding is zeroed.
-// kInvalidArgument for a non-finite input or bad options; nothing is written then.
+// kInvalidArgument for a non-finite input, bad options, an unsupported layout, or values
+// so large that a stored fp16 scale or zero point would overflow; nothing is written then.
+// The exact fp32 arithmetic is specified in kernels/cpu/codec_internal.h.
 absl::Status EncodeTile(const TileLayout& layout, const float* k, const float* v, uint8_t* out,
                         const CodecOptions& options = {});
 

@@ -54,7 +54,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(GoldenCase{Preset::kK4V2G128, 64}, GoldenCase{Preset::kK4V2G128, 128},
                       GoldenCase{Preset::kK4V4G128, 64}, GoldenCase{Preset::kK4V4G128, 128},
                       GoldenCase{Preset::kK4V2G64, 64}, GoldenCase{Preset::kK4V2G64, 128},
-                      GoldenCase{Preset::kK4V4G64, 64}, GoldenCase{Preset::kK4V4G64, 128}),
+                      GoldenCase{Preset::kK4V4G64, 64}, GoldenCase{Preset::kK4V4G64, 128},
+                      GoldenCase{Preset::kK4V2G64, 256}),
     [](const auto& info) {
       return std::string(kernels::PresetName(info.param.preset)) + "_d" +
              std::to_string(info.param.head_dim);

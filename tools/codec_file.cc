@@ -48,8 +48,8 @@ std::vector<uint8_t> SerializeKvFile(const KvFileInfo& info,
 
 absl::StatusOr<KvFile> ParseKvFile(absl::Span<const uint8_t> bytes) {
   if (bytes.size() < kKvFileHeaderBytes) {
-    return Bad(absl::StrCat("truncated: ", bytes.size(), " bytes, the header needs ",
-                            kKvFileHeaderBytes));
+    return Bad(
+        absl::StrCat("truncated: ", bytes.size(), " bytes, the header needs ", kKvFileHeaderBytes));
   }
   const uint8_t* p = bytes.data();
   if (Get<uint32_t>(p) != kKvFileMagic) return Bad("bad magic (expected \"KVTF\")");

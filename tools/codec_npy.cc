@@ -66,8 +66,8 @@ absl::StatusOr<NpyArray> ParseNpy(absl::Span<const uint8_t> bytes, const std::st
     header_start = 10;
   } else if (major == 2 || major == 3) {
     if (bytes.size() < 12) return Bad(name, "truncated header");
-    header_len = bytes[8] | (size_t{bytes[9]} << 8) | (size_t{bytes[10]} << 16) |
-                 (size_t{bytes[11]} << 24);
+    header_len =
+        bytes[8] | (size_t{bytes[9]} << 8) | (size_t{bytes[10]} << 16) | (size_t{bytes[11]} << 24);
     header_start = 12;
   } else {
     return Bad(name, absl::StrCat("unsupported format version ", major));
@@ -140,7 +140,8 @@ absl::StatusOr<NpyArray> ParseNpy(absl::Span<const uint8_t> bytes, const std::st
 absl::StatusOr<std::vector<uint8_t>> ReadFileBytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open file"));
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
+                             std::istreambuf_iterator<char>());
   if (in.bad()) return absl::DataLossError(absl::StrCat(path, ": read error"));
   return bytes;
 }
@@ -148,7 +149,8 @@ absl::StatusOr<std::vector<uint8_t>> ReadFileBytes(const std::string& path) {
 absl::Status WriteFileBytes(const std::string& path, absl::Span<const uint8_t> bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) return absl::InternalError(absl::StrCat(path, ": cannot open for writing"));
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
   out.close();
   if (!out) return absl::InternalError(absl::StrCat(path, ": write failed"));
   return absl::OkStatus();
@@ -197,8 +199,8 @@ std::vector<uint8_t> SerializeNpy(absl::Span<const int64_t> shape, const float* 
   return out;
 }
 
-absl::Status WriteNpy(const std::string& path, absl::Span<const int64_t> shape,
-                      const float* data, NpyDtype dtype) {
+absl::Status WriteNpy(const std::string& path, absl::Span<const int64_t> shape, const float* data,
+                      NpyDtype dtype) {
   return WriteFileBytes(path, SerializeNpy(shape, data, dtype));
 }
 

@@ -39,8 +39,8 @@ absl::StatusOr<NpyArray> ReadNpy(const std::string& path);
 // Serializes (format 1.0, header padded to 64 bytes). fp16 output rounds to nearest even.
 std::vector<uint8_t> SerializeNpy(absl::Span<const int64_t> shape, const float* data,
                                   NpyDtype dtype);
-absl::Status WriteNpy(const std::string& path, absl::Span<const int64_t> shape,
-                      const float* data, NpyDtype dtype);
+absl::Status WriteNpy(const std::string& path, absl::Span<const int64_t> shape, const float* data,
+                      NpyDtype dtype);
 
 // Whole-file helpers shared by the codec tools.
 absl::StatusOr<std::vector<uint8_t>> ReadFileBytes(const std::string& path);

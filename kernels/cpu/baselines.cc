@@ -81,15 +81,14 @@ double RoundToE4m3(double x) {
   const double a = std::abs(x);
   if (a == 0 || std::isnan(a)) return x;
   int e;
-  std::frexp(a, &e);           // a = m · 2^e, m in [0.5, 1): floor(log2 a) = e - 1
+  std::frexp(a, &e);                    // a = m · 2^e, m in [0.5, 1): floor(log2 a) = e - 1
   const int exp = std::max(e - 1, -6);  // below 2^-6: subnormal spacing 2^-9
   const double step = std::ldexp(1.0, exp - 3);
   const double r = std::min(std::nearbyint(a / step) * step, 448.0);
   return x < 0 ? -r : r;
 }
 
-BaselineResult Fp8Baseline(const KvShape& s, const float* k, const float* v, int begin,
-                           int end) {
+BaselineResult Fp8Baseline(const KvShape& s, const float* k, const float* v, int begin, int end) {
   const size_t n = static_cast<size_t>(s.tokens) * s.num_kv_heads * s.head_dim;
   BaselineResult r;
   r.k.assign(k, k + n);
@@ -100,7 +99,8 @@ BaselineResult Fp8Baseline(const KvShape& s, const float* k, const float* v, int
     for (int h = 0; h < s.num_kv_heads; ++h) {
       float amax = 0;
       for (int t = begin; t < end; ++t) {
-        for (int c = 0; c < s.head_dim; ++c) amax = std::max(amax, std::abs((*x)[Index(s, t, h, c)]));
+        for (int c = 0; c < s.head_dim; ++c)
+          amax = std::max(amax, std::abs((*x)[Index(s, t, h, c)]));
       }
       const float scale = amax > 0 ? amax / 448.0f : 1.0f;
       for (int t = begin; t < end; ++t) {
@@ -114,9 +114,9 @@ BaselineResult Fp8Baseline(const KvShape& s, const float* k, const float* v, int
   RoundFp16Outside(s, begin, end, r.k);
   RoundFp16Outside(s, begin, end, r.v);
   const double token_stride = static_cast<double>(s.num_kv_heads) * s.head_dim;
-  const double bits = 2.0 * (8.0 * (end - begin) * token_stride +
-                             16.0 * (s.tokens - (end - begin)) * token_stride +
-                             32.0 * s.num_kv_heads);
+  const double bits =
+      2.0 * (8.0 * (end - begin) * token_stride + 16.0 * (s.tokens - (end - begin)) * token_stride +
+             32.0 * s.num_kv_heads);
   r.bits_per_element = bits / (2.0 * n);
   return r;
 }

@@ -21,8 +21,8 @@ struct KvShape {
 };
 
 struct BaselineResult {
-  std::vector<float> k, v;        // dequantized, [tokens][num_kv_heads][head_dim]
-  double bits_per_element = 0;    // including scales, zero points and FP16 tokens
+  std::vector<float> k, v;      // dequantized, [tokens][num_kv_heads][head_dim]
+  double bits_per_element = 0;  // including scales, zero points and FP16 tokens
 };
 
 // Tokens [begin, end) are quantized, the others rounded to fp16.

@@ -16,6 +16,17 @@
 static_assert(std::endian::native == std::endian::little,
               "the tile record is little-endian; this codec assumes a little-endian host");
 
+// The hot elementwise loops get an AVX2 clone next to the baseline one, picked at load
+// time. Lane width never changes a result here: every operation is an exactly rounded IEEE
+// add, subtract, multiply, divide or sqrt on independent lanes, in the same order, and
+// -ffp-contract=off keeps multiplies and adds unfused.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#define KVTIER_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define KVTIER_VECTOR_CLONES
+#endif
+
 namespace kvtier::kernels::cpu {
 namespace internal {
 
@@ -37,25 +48,69 @@ float StdDev(const float* v, int n, int stride) {
 namespace {
 
 // Column stds of a row-major [rows × cols] matrix: out[c] = StdDev(y + c, rows, cols), with
-// the sums over rows vectorized across columns (same order per column, same bits).
-void ColumnStds(const float* y, int rows, int cols, float* sum, float* out) {
-  std::fill(sum, sum + cols, 0.0f);
+// the sums over rows vectorized across columns (same order per column, same bits). Columns
+// go in chunks of kChunk so that the accumulators stay in registers.
+template <int kChunk>
+inline void ColumnStdsChunk(const float* y, int rows, int cols, int c0, float* out) {
+  float acc[kChunk] = {};
   for (int r = 0; r < rows; ++r) {
-    const float* row = y + static_cast<size_t>(r) * cols;
-    for (int c = 0; c < cols; ++c) sum[c] += row[c];
+    const float* row = y + static_cast<size_t>(r) * cols + c0;
+    for (int j = 0; j < kChunk; ++j) acc[j] += row[j];
   }
+  float mean[kChunk];
   const float n = static_cast<float>(rows);
-  for (int c = 0; c < cols; ++c) sum[c] = sum[c] / n;  // now the mean
-  std::fill(out, out + cols, 0.0f);
+  for (int j = 0; j < kChunk; ++j) {
+    mean[j] = acc[j] / n;
+    acc[j] = 0.0f;
+  }
   for (int r = 0; r < rows; ++r) {
-    const float* row = y + static_cast<size_t>(r) * cols;
-    for (int c = 0; c < cols; ++c) {
-      const float d = row[c] - sum[c];
-      out[c] += d * d;
+    const float* row = y + static_cast<size_t>(r) * cols + c0;
+    for (int j = 0; j < kChunk; ++j) {
+      const float d = row[j] - mean[j];
+      acc[j] += d * d;
     }
   }
   const float n1 = static_cast<float>(rows - 1);
-  for (int c = 0; c < cols; ++c) out[c] = std::sqrt(out[c] / n1);
+  for (int j = 0; j < kChunk; ++j) out[c0 + j] = std::sqrt(acc[j] / n1);
+}
+
+// Row stds of a row-major [rows × cols] matrix: out[r] = StdDev(y + r*cols, cols, 1), each
+// row summed sequentially; kRows rows at a time for independent dependency chains.
+template <int kRows>
+inline void RowStdsChunk(const float* y, int cols, int r0, float* out) {
+  float acc[kRows] = {};
+  for (int c = 0; c < cols; ++c) {
+    for (int j = 0; j < kRows; ++j) acc[j] += y[static_cast<size_t>(r0 + j) * cols + c];
+  }
+  float mean[kRows];
+  const float n = static_cast<float>(cols);
+  for (int j = 0; j < kRows; ++j) {
+    mean[j] = acc[j] / n;
+    acc[j] = 0.0f;
+  }
+  for (int c = 0; c < cols; ++c) {
+    for (int j = 0; j < kRows; ++j) {
+      const float d = y[static_cast<size_t>(r0 + j) * cols + c] - mean[j];
+      acc[j] += d * d;
+    }
+  }
+  const float n1 = static_cast<float>(cols - 1);
+  for (int j = 0; j < kRows; ++j) out[r0 + j] = std::sqrt(acc[j] / n1);
+}
+
+KVTIER_VECTOR_CLONES void RowStdsDirect(const float* y, int rows, int cols, float* out) {
+  constexpr int kRows = 8;
+  int r0 = 0;
+  for (; r0 + kRows <= rows; r0 += kRows) RowStdsChunk<kRows>(y, cols, r0, out);
+  for (; r0 < rows; ++r0) RowStdsChunk<1>(y, cols, r0, out);
+}
+
+KVTIER_VECTOR_CLONES void ColumnStds(const float* y, int rows, int cols, float* sum, float* out) {
+  constexpr int kChunk = 32;
+  int c0 = 0;
+  for (; c0 + kChunk <= cols; c0 += kChunk) ColumnStdsChunk<kChunk>(y, rows, cols, c0, out);
+  for (; c0 < cols; ++c0) ColumnStdsChunk<1>(y, rows, cols, c0, out);
+  (void)sum;
 }
 
 // Row stds of a row-major [rows × cols] matrix: out[r] = StdDev(y + r*cols, cols, 1), with
@@ -85,12 +140,39 @@ float ImbalanceFromStds(const float* cs, int cols, const float* rs, int rows) {
 }
 
 // y = (x / ec[col]) / er[row].
-void Scale(const float* x, int rows, int cols, const float* ec, const float* er, float* y) {
+KVTIER_VECTOR_CLONES void Scale(const float* x, int rows, int cols, const float* ec,
+                                const float* er, float* y) {
   for (int r = 0; r < rows; ++r) {
     const float* xr = x + static_cast<size_t>(r) * cols;
     float* yr = y + static_cast<size_t>(r) * cols;
     const float e = er[r];
     for (int c = 0; c < cols; ++c) yr[c] = xr[c] / ec[c] / e;
+  }
+}
+
+// out[c][r] = in[r][c] for a row-major [rows × cols] matrix, in 8×8 blocks.
+KVTIER_VECTOR_CLONES void Transpose(const float* in, int rows, int cols, float* out) {
+  constexpr int kB = 16;
+  for (int r0 = 0; r0 < rows; r0 += kB) {
+    for (int c0 = 0; c0 < cols; c0 += kB) {
+      const int r1 = std::min(rows, r0 + kB), c1 = std::min(cols, c0 + kB);
+      for (int r = r0; r < r1; ++r) {
+        const float* i = in + static_cast<size_t>(r) * cols;
+        for (int c = c0; c < c1; ++c) out[static_cast<size_t>(c) * rows + r] = i[c];
+      }
+    }
+  }
+}
+
+// yt = Y^T for Y = (x / ec[col]) / er[row], computed from xt = x^T ([cols × rows]):
+// yt[c][r] = (xt[c][r] / ec[c]) / er[r], the same operations as Scale.
+KVTIER_VECTOR_CLONES void ScaleTransposed(const float* xt, int rows, int cols, const float* ec,
+                                          const float* er, float* yt) {
+  for (int c = 0; c < cols; ++c) {
+    const float* xc = xt + static_cast<size_t>(c) * rows;
+    float* yc = yt + static_cast<size_t>(c) * rows;
+    const float e = ec[c];
+    for (int r = 0; r < rows; ++r) yc[r] = xc[r] / e / er[r];
   }
 }
 
@@ -105,11 +187,18 @@ float Imbalance(const float* y, int rows, int cols) {
 
 NormalizeResult NormalizeLog(const float* x, int rows, int cols, int iterations, float* lc,
                              float* lr, std::vector<NormalizeStep>* trace) {
-  // The column stds of Y at the end of iteration i are exactly those the column pass of
-  // iteration i+1 needs (same lc, lr, same Y), so they are computed once.
-  thread_local std::vector<float> y, sum, cs, rs, cur_lc, cur_lr, ec, er;
+  // Mid-iteration row statistics are column statistics of Y^T, computed from X^T with the
+  // same two divisions per element (so the same values), vectorized across rows; the
+  // end-of-iteration row stds are summed along each row of Y directly. Every reduction runs
+  // sequentially per row/column either way. The column stds of Y at the end of iteration i
+  // are exactly those the column pass of iteration i+1 needs (same lc, lr, same Y), so they
+  // are computed once.
+  thread_local std::vector<float> xt, y, yt, sum, cs, rs, cur_lc, cur_lr, ec, er;
   const size_t n = static_cast<size_t>(rows) * cols;
+  xt.resize(n);
   y.resize(n);
+  yt.resize(n);
+  Transpose(x, rows, cols, xt.data());
   sum.resize(std::max(rows, cols));
   cs.resize(cols);
   rs.resize(rows);
@@ -120,7 +209,7 @@ NormalizeResult NormalizeLog(const float* x, int rows, int cols, int iterations,
 
   // Y = X / exp(0) / exp(0) == X exactly.
   ColumnStds(x, rows, cols, sum.data(), cs.data());
-  RowStds(x, rows, cols, sum.data(), rs.data());
+  ColumnStds(xt.data(), cols, rows, sum.data(), rs.data());
   NormalizeResult best;
   best.best_imbalance = ImbalanceFromStds(cs.data(), cols, rs.data(), rows);
   best.best_iteration = 0;
@@ -133,8 +222,8 @@ NormalizeResult NormalizeLog(const float* x, int rows, int cols, int iterations,
       cur_lc[c] = std::clamp(cur_lc[c] + LogF(s), kLogScaleLo, kLogScaleHi);
       ec[c] = ExpF(cur_lc[c]);
     }
-    Scale(x, rows, cols, ec.data(), er.data(), y.data());
-    RowStds(y.data(), rows, cols, sum.data(), rs.data());
+    ScaleTransposed(xt.data(), rows, cols, ec.data(), er.data(), yt.data());
+    ColumnStds(yt.data(), cols, rows, sum.data(), rs.data());
     for (int r = 0; r < rows; ++r) {
       const float s = std::clamp(rs[r], kStdClampLo, kStdClampHi);
       cur_lr[r] = std::clamp(cur_lr[r] + LogF(s), kLogScaleLo, kLogScaleHi);
@@ -142,7 +231,7 @@ NormalizeResult NormalizeLog(const float* x, int rows, int cols, int iterations,
     }
     Scale(x, rows, cols, ec.data(), er.data(), y.data());
     ColumnStds(y.data(), rows, cols, sum.data(), cs.data());
-    RowStds(y.data(), rows, cols, sum.data(), rs.data());
+    RowStdsDirect(y.data(), rows, cols, rs.data());
     const float imb = ImbalanceFromStds(cs.data(), cols, rs.data(), rows);
     if (trace != nullptr) trace->push_back({cur_lc, cur_lr, imb});
     if (imb <= best.best_imbalance) {  // later ties win
@@ -155,8 +244,8 @@ NormalizeResult NormalizeLog(const float* x, int rows, int cols, int iterations,
   return best;
 }
 
-void QuantizeRows(const float* x, int rows, int cols, int bits, uint8_t* codes, float* scale,
-                  float* lo) {
+KVTIER_VECTOR_CLONES void QuantizeRows(const float* x, int rows, int cols, int bits, uint8_t* codes,
+                                       float* scale, float* lo) {
   const int qmax = (1 << bits) - 1;
   const float qmax_f = static_cast<float>(qmax);
   for (int r = 0; r < rows; ++r) {
@@ -204,7 +293,7 @@ namespace {
 using internal::ExpF;
 
 template <typename T>
-void FwhtT(T* x, int n, T scale) {
+KVTIER_VECTOR_CLONES void FwhtT(T* x, int n, T scale) {
   for (int h = 1; h < n; h <<= 1) {
     for (int i = 0; i < n; i += 2 * h) {
       for (int j = i; j < i + h; ++j) {
@@ -263,8 +352,7 @@ void CompressMatrix(const float* x, int rows, int cols, int bits, int iterations
     for (int c = 0; c < cols; ++c) br[c] = xr[c] / s_col[c] / e;
   }
   codes.resize(static_cast<size_t>(rows) * cols);
-  internal::QuantizeRows(balanced.data(), rows, cols, bits, codes.data(), scale.data(),
-                         lo.data());
+  internal::QuantizeRows(balanced.data(), rows, cols, bits, codes.data(), scale.data(), lo.data());
   row_scale.resize(rows);
   row_zero.resize(rows);
   col_scale.resize(cols);
@@ -300,7 +388,8 @@ absl::Status EncodeRotatedTile(const TileLayout& layout, const float* k_rot, con
   // K tile: [D rows × G cols] (rows = channels, the quantization axis).
   kt.resize(n);
   for (int t = 0; t < g; ++t) {
-    for (int c = 0; c < d; ++c) kt[static_cast<size_t>(c) * g + t] = k_rot[static_cast<size_t>(t) * d + c];
+    for (int c = 0; c < d; ++c)
+      kt[static_cast<size_t>(c) * g + t] = k_rot[static_cast<size_t>(t) * d + c];
   }
   record.assign(layout.record_bytes, 0);
   uint8_t* rec = record.data();
@@ -365,8 +454,8 @@ void DecodeTile(const TileLayout& layout, const uint8_t* record, float* k_rot, f
   s_col_v.resize(d);
   for (int t = 0; t < g; ++t) s_row_k[t] = GetHalf(record + layout.s_row_k_offset + 2 * t);
   for (int c = 0; c < d; ++c) {
-    internal::UnpackRow(record + layout.k_codes_offset + c * layout.k_row_bytes, g,
-                        layout.key_bits, codes.data());
+    internal::UnpackRow(record + layout.k_codes_offset + c * layout.k_row_bytes, g, layout.key_bits,
+                        codes.data());
     const float s = GetHalf(record + layout.s_col_k_offset + 2 * c);
     const float z = GetHalf(record + layout.zp_k_offset + 2 * c);
     for (int t = 0; t < g; ++t) {
@@ -390,12 +479,13 @@ void RotateToHalf(int head_dim, int tokens, const float* x, uint16_t* out) {
     std::copy(x + static_cast<size_t>(t) * head_dim, x + static_cast<size_t>(t + 1) * head_dim,
               row.begin());
     Fwht(row.data(), head_dim);
-    for (int c = 0; c < head_dim; ++c) out[static_cast<size_t>(t) * head_dim + c] = FloatToHalf(row[c]);
+    for (int c = 0; c < head_dim; ++c)
+      out[static_cast<size_t>(t) * head_dim + c] = FloatToHalf(row[c]);
   }
 }
 
-void EncodeFp16Section(int head_dim, int num_kv_heads, int tokens, const float* k,
-                       const float* v, uint16_t* out) {
+void EncodeFp16Section(int head_dim, int num_kv_heads, int tokens, const float* k, const float* v,
+                       uint16_t* out) {
   const size_t d = head_dim;
   std::vector<float> row(d);
   for (int h = 0; h < num_kv_heads; ++h) {
@@ -416,7 +506,9 @@ void EncodeFp16Section(int head_dim, int num_kv_heads, int tokens, const float* 
 void DecompressTile(const TileLayout& layout, const uint8_t* record, uint16_t* k, uint16_t* v,
                     bool rotated) {
   const int d = layout.head_dim, g = layout.group_size;
-  std::vector<float> kf(static_cast<size_t>(d) * g), vf(static_cast<size_t>(d) * g);
+  thread_local std::vector<float> kf, vf;
+  kf.resize(static_cast<size_t>(d) * g);
+  vf.resize(static_cast<size_t>(d) * g);
   DecodeTile(layout, record, kf.data(), vf.data());
   for (int t = 0; t < g; ++t) {
     float* kt = kf.data() + static_cast<size_t>(t) * d;
@@ -457,11 +549,13 @@ void Attend(const TileLayout& layout, int num_kv_heads, absl::Span<const BlockSe
   const int group = num_q_heads / num_kv_heads;
   size_t total = 0;
   for (const auto& b : blocks) total += b.tokens;
-  const T fwht_scale = std::is_same_v<T, float> ? static_cast<T>(FwhtScale(d))
-                                                : static_cast<T>(1.0 / std::sqrt(static_cast<double>(d)));
+  const T fwht_scale = std::is_same_v<T, float>
+                           ? static_cast<T>(FwhtScale(d))
+                           : static_cast<T>(1.0 / std::sqrt(static_cast<double>(d)));
   std::vector<T> q_rot(static_cast<size_t>(num_q_heads) * d);
   for (size_t i = 0; i < q_rot.size(); ++i) q_rot[i] = static_cast<T>(q[i]);
-  for (int h = 0; h < num_q_heads; ++h) FwhtT<T>(q_rot.data() + static_cast<size_t>(h) * d, d, fwht_scale);
+  for (int h = 0; h < num_q_heads; ++h)
+    FwhtT<T>(q_rot.data() + static_cast<size_t>(h) * d, d, fwht_scale);
 
   std::vector<T> scores(static_cast<size_t>(num_q_heads) * total);
   std::vector<float> kf(static_cast<size_t>(g) * d), vf(static_cast<size_t>(g) * d);
@@ -519,9 +613,8 @@ void Attend(const TileLayout& layout, int num_kv_heads, absl::Span<const BlockSe
 }  // namespace
 
 absl::Status AttendReference(const TileLayout& layout, int num_kv_heads,
-                             absl::Span<const BlockSection> blocks, const float* q,
-                             int num_q_heads, float softmax_scale, float* out, float* lse,
-                             bool use_float64) {
+                             absl::Span<const BlockSection> blocks, const float* q, int num_q_heads,
+                             float softmax_scale, float* out, float* lse, bool use_float64) {
   if (absl::Status s = CheckLayout(layout); !s.ok()) return s;
   if (num_kv_heads <= 0 || num_q_heads <= 0 || num_q_heads % num_kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat("attention: ", num_q_heads,
@@ -531,11 +624,10 @@ absl::Status AttendReference(const TileLayout& layout, int num_kv_heads,
   if (blocks.empty()) return absl::InvalidArgumentError("attention: no blocks");
   for (size_t i = 0; i < blocks.size(); ++i) {
     const BlockSection& b = blocks[i];
-    const bool ok = b.data != nullptr &&
-                    (b.encoding == BlockEncoding::kTiles
-                         ? b.tokens == layout.group_size
-                         : (b.encoding == BlockEncoding::kFp16 && b.tokens >= 1 &&
-                            b.tokens <= layout.group_size));
+    const bool ok = b.data != nullptr && (b.encoding == BlockEncoding::kTiles
+                                              ? b.tokens == layout.group_size
+                                              : (b.encoding == BlockEncoding::kFp16 &&
+                                                 b.tokens >= 1 && b.tokens <= layout.group_size));
     if (!ok) {
       return absl::InvalidArgumentError(
           absl::StrCat("attention: block ", i, " is malformed (encoding ",

@@ -32,7 +32,9 @@ void Fwht(float* x, int n);
 
 // Encodes one tile. k, v: [G][D] row-major fp32 (token-major, as a paged cache holds
 // them), NOT rotated. out: layout.record_bytes bytes; padding is zeroed.
-// kInvalidArgument for a non-finite input or bad options; nothing is written then.
+// kInvalidArgument for a non-finite input, bad options, an unsupported layout, or values
+// so large that a stored fp16 scale or zero point would overflow; nothing is written then.
+// The exact fp32 arithmetic is specified in kernels/cpu/codec_internal.h.
 absl::Status EncodeTile(const TileLayout& layout, const float* k, const float* v, uint8_t* out,
                         const CodecOptions& options = {});
 
@@ -61,9 +63,8 @@ struct BlockSection {
 // in double. kInvalidArgument when num_q_heads is not a multiple of num_kv_heads or a
 // block is malformed.
 absl::Status AttendReference(const TileLayout& layout, int num_kv_heads,
-                             absl::Span<const BlockSection> blocks, const float* q,
-                             int num_q_heads, float softmax_scale, float* out, float* lse,
-                             bool use_float64 = false);
+                             absl::Span<const BlockSection> blocks, const float* q, int num_q_heads,
+                             float softmax_scale, float* out, float* lse, bool use_float64 = false);
 
 // Rotates `tokens` rows of D floats (NOT rotated) into the FP16 section form of DESIGN
 // §3.3: out[t][d] = fp16(x[t] · H)[d], round to nearest even. head_dim a power of two.
@@ -73,8 +74,8 @@ void RotateToHalf(int head_dim, int tokens, const float* x, uint16_t* out);
 // [num_kv_heads][K tokens×D][V tokens×D] fp16 rotated, from k, v [tokens][num_kv_heads][D]
 // fp32 NOT rotated (the [tokens, kv_heads, head_dim] layout of a paged cache block).
 // out: num_kv_heads·2·tokens·D fp16 values.
-void EncodeFp16Section(int head_dim, int num_kv_heads, int tokens, const float* k,
-                       const float* v, uint16_t* out);
+void EncodeFp16Section(int head_dim, int num_kv_heads, int tokens, const float* k, const float* v,
+                       uint16_t* out);
 
 // Decompresses one record to FP16: k, v [G][D]. With rotated == false (the default) the
 // values are rotated back (x = x_rot · H, what a prefill node's FP16 paged cache holds);

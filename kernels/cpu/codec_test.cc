@@ -45,8 +45,8 @@ TEST(HalfTest, RoundsToNearestEven) {
   EXPECT_EQ(FloatToHalf(1.0f + 0x1p-11f + 0x1p-20f), 0x3c01);
   // Subnormals: units of 2^-24.
   EXPECT_EQ(FloatToHalf(0x1p-24f), 0x0001);
-  EXPECT_EQ(FloatToHalf(0x1p-25f), 0x0000);       // tie to even (0)
-  EXPECT_EQ(FloatToHalf(3 * 0x1p-25f), 0x0002);   // 1.5 units -> 2
+  EXPECT_EQ(FloatToHalf(0x1p-25f), 0x0000);             // tie to even (0)
+  EXPECT_EQ(FloatToHalf(3 * 0x1p-25f), 0x0002);         // 1.5 units -> 2
   EXPECT_EQ(FloatToHalf(0x1p-14f - 0x1p-26f), 0x0400);  // rounds up to the smallest normal
   EXPECT_EQ(FloatToHalf(1e-10f), 0x0000);
 }
@@ -123,7 +123,7 @@ TEST(LayoutTest, EveryPresetAndHeadDimMatchesDesign) {
   for (const LayoutCase& c : kLayoutCases) {
     const TileLayout l = MakeTileLayout(c.preset, c.head_dim);
     SCOPED_TRACE(std::string(PresetName(c.preset)) + " D=" + std::to_string(c.head_dim));
-    const size_t got[8] = {l.k_codes_offset, l.s_col_k_offset, l.zp_k_offset, l.s_row_k_offset,
+    const size_t got[8] = {l.k_codes_offset, l.s_col_k_offset, l.zp_k_offset,    l.s_row_k_offset,
                            l.v_codes_offset, l.s_col_v_offset, l.s_row_v_offset, l.zp_v_offset};
     for (int i = 0; i < 8; ++i) EXPECT_EQ(got[i], c.offsets[i]) << "field " << i;
     EXPECT_EQ(l.data_end, c.data_end);
@@ -137,7 +137,9 @@ TEST(LayoutTest, EveryPresetAndHeadDimMatchesDesign) {
 // ---------------------------------------------------------------- FWHT
 
 // Sylvester Hadamard entry: (-1)^popcount(i & j).
-double HadamardEntry(int i, int j) { return (std::popcount(static_cast<unsigned>(i & j)) & 1) ? -1 : 1; }
+double HadamardEntry(int i, int j) {
+  return (std::popcount(static_cast<unsigned>(i & j)) & 1) ? -1 : 1;
+}
 
 TEST(FwhtTest, MatchesExplicitHadamardProduct) {
   for (int n : {64, 128, 256}) {
@@ -203,8 +205,8 @@ TEST(NormalizeTest, ConstantsAreDesigns) {
 }
 
 // A direct transcription of DESIGN §3.1's pseudo-code: Y recomputed from X everywhere.
-internal::NormalizeResult NaiveNormalize(const std::vector<float>& x, int rows, int cols,
-                                         int iters, std::vector<float>& lc, std::vector<float>& lr) {
+internal::NormalizeResult NaiveNormalize(const std::vector<float>& x, int rows, int cols, int iters,
+                                         std::vector<float>& lc, std::vector<float>& lr) {
   auto y_of = [&](const std::vector<float>& c, const std::vector<float>& r) {
     std::vector<float> y(x.size());
     for (int i = 0; i < rows; ++i) {
@@ -277,7 +279,8 @@ TEST(NormalizeTest, ColumnPassThenRowPass) {
   // Column pass on X itself.
   std::vector<float> want_lc(cols), want_lr(rows);
   for (int j = 0; j < cols; ++j) {
-    want_lc[j] = std::clamp(internal::LogF(internal::StdDev(x.data() + j, rows, cols)), -0.3f, 10.0f);
+    want_lc[j] =
+        std::clamp(internal::LogF(internal::StdDev(x.data() + j, rows, cols)), -0.3f, 10.0f);
   }
   EXPECT_EQ(trace[0].lc, want_lc);
   // Row pass on X / exp(lc), not on X.
@@ -285,7 +288,8 @@ TEST(NormalizeTest, ColumnPassThenRowPass) {
   bool order_matters = false;
   for (int i = 0; i < rows; ++i) {
     for (int j = 0; j < cols; ++j) y[i * cols + j] = x[i * cols + j] / internal::ExpF(want_lc[j]);
-    want_lr[i] = std::clamp(internal::LogF(internal::StdDev(y.data() + i * cols, cols, 1)), -0.3f, 10.0f);
+    want_lr[i] =
+        std::clamp(internal::LogF(internal::StdDev(y.data() + i * cols, cols, 1)), -0.3f, 10.0f);
     const float row_first =
         std::clamp(internal::LogF(internal::StdDev(x.data() + i * cols, cols, 1)), -0.3f, 10.0f);
     order_matters = order_matters || row_first != want_lr[i];
@@ -342,9 +346,9 @@ TEST(NormalizeTest, UntouchedTileIsACandidate) {
   // scales the tile uniformly except where the clamp bites first; every iterate is worse
   // (imbalance ~447) than the untouched tile (~264), so the untouched tile must win.
   const int rows = 3, cols = 3;
-  const std::vector<float> x = {4e-10f, -4e-9f, -4e-10f,  //
-                                -2e-10f, -1e-9f, 0.0f,    //
-                                -4e-7f, -4e-6f, 1e-7f};
+  const std::vector<float> x = {4e-10f,  -4e-9f, -4e-10f,  //
+                                -2e-10f, -1e-9f, 0.0f,     //
+                                -4e-7f,  -4e-6f, 1e-7f};
   std::vector<NormalizeStep> trace;
   std::vector<float> lc(cols, 7.0f), lr(rows, 7.0f);
   const auto r = internal::NormalizeLog(x.data(), rows, cols, 8, lc.data(), lr.data(), &trace);
@@ -380,7 +384,7 @@ TEST(QuantizeTest, RoundsHalfToEven) {
 
 TEST(QuantizeTest, TwoBitRowsAndNegativeLo) {
   // lo = -1, hi = 2, qmax = 3: scale 1; -0.5 -> 0.5 -> 0, 0.5 -> 1.5 -> 2.
-  const float rows[] = {-1.0f, -0.5f, 0.5f, 2.0f,  //
+  const float rows[] = {-1.0f, -0.5f, 0.5f, 2.0f,   //
                         4.0f,  4.0f,  4.0f, 4.0f};  // constant: scale floor
   uint8_t codes[8];
   float scale[2], lo[2];
@@ -431,16 +435,18 @@ TEST(TileTest, ReconstructionFormula) {
   for (int c = 0; c < d; ++c) {
     for (int t = 0; t < g; ++t) {
       const int code = (rec[l.k_codes_offset + c * (g / 2) + t / 2] >> ((t % 2) * 4)) & 0xf;
-      const float want = (code * half_at(l.s_col_k_offset + 2 * c) + half_at(l.zp_k_offset + 2 * c)) *
-                         half_at(l.s_row_k_offset + 2 * t);
+      const float want =
+          (code * half_at(l.s_col_k_offset + 2 * c) + half_at(l.zp_k_offset + 2 * c)) *
+          half_at(l.s_row_k_offset + 2 * t);
       ASSERT_EQ(k[t * d + c], want) << "K c " << c << " t " << t;
     }
   }
   for (int t = 0; t < g; ++t) {
     for (int c = 0; c < d; ++c) {
       const int code = (rec[l.v_codes_offset + t * (d / 4) + c / 4] >> ((c % 4) * 2)) & 0x3;
-      const float want = (code * half_at(l.s_row_v_offset + 2 * t) + half_at(l.zp_v_offset + 2 * t)) *
-                         half_at(l.s_col_v_offset + 2 * c);
+      const float want =
+          (code * half_at(l.s_row_v_offset + 2 * t) + half_at(l.zp_v_offset + 2 * t)) *
+          half_at(l.s_col_v_offset + 2 * c);
       ASSERT_EQ(v[t * d + c], want) << "V t " << t << " c " << c;
     }
   }
@@ -492,12 +498,15 @@ TEST(TileTest, RejectsBadInputAndWritesNothing) {
   std::vector<float> k = Gaussian(64 * 64, 1), v = Gaussian(64 * 64, 2);
   std::vector<uint8_t> rec(l.record_bytes, 0xab);
   k[100] = NAN;
-  EXPECT_EQ(EncodeTile(l, k.data(), v.data(), rec.data()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(EncodeTile(l, k.data(), v.data(), rec.data()).code(),
+            absl::StatusCode::kInvalidArgument);
   k[100] = INFINITY;
-  EXPECT_EQ(EncodeTile(l, k.data(), v.data(), rec.data()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(EncodeTile(l, k.data(), v.data(), rec.data()).code(),
+            absl::StatusCode::kInvalidArgument);
   k[100] = 0.5f;
   for (auto& x : v) x *= 1e30f;  // finite, but no fp16 scale can hold it
-  EXPECT_EQ(EncodeTile(l, k.data(), v.data(), rec.data()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(EncodeTile(l, k.data(), v.data(), rec.data()).code(),
+            absl::StatusCode::kInvalidArgument);
   v = Gaussian(64 * 64, 2);
   EXPECT_EQ(EncodeTile(l, k.data(), v.data(), rec.data(), {.iterations = 65}).code(),
             absl::StatusCode::kInvalidArgument);
@@ -543,7 +552,9 @@ TEST(AttentionTest, MixedBlocksWithGqaMatchFloat64) {
   const int d = 64, g = 64, hk = 2, hq = 6, tail = 37;
   const TileLayout l = MakeTileLayout(preset, d);
   // Per block: K, V [tokens][hk][d].
-  auto kv = [&](int tokens, uint32_t seed) { return Gaussian(static_cast<size_t>(tokens) * hk * d, seed); };
+  auto kv = [&](int tokens, uint32_t seed) {
+    return Gaussian(static_cast<size_t>(tokens) * hk * d, seed);
+  };
   std::vector<std::vector<uint8_t>> storage;
   std::vector<BlockSection> blocks;
   // Reference K/V per kv head, unrotated, double: [hk][token][d].
@@ -626,9 +637,11 @@ TEST(AttentionTest, MixedBlocksWithGqaMatchFloat64) {
   }
   for (bool f64 : {false, true}) {
     std::vector<float> out(hq * d, NAN), lse(hq, NAN);
-    ASSERT_TRUE(AttendReference(l, hk, blocks, q.data(), hq, scale, out.data(), lse.data(), f64).ok());
+    ASSERT_TRUE(
+        AttendReference(l, hk, blocks, q.data(), hq, scale, out.data(), lse.data(), f64).ok());
     const double tol = f64 ? 1e-6 : 2e-4;
-    for (int i = 0; i < hq * d; ++i) EXPECT_NEAR(out[i], want[i], tol) << "f64 " << f64 << " i " << i;
+    for (int i = 0; i < hq * d; ++i)
+      EXPECT_NEAR(out[i], want[i], tol) << "f64 " << f64 << " i " << i;
     for (int qh = 0; qh < hq; ++qh) EXPECT_NEAR(lse[qh], want_lse[qh], tol);
   }
   // GQA mapping: query heads 3..5 read KV head 1 only. Changing KV head 0 of the compressed

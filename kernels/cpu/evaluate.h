@@ -20,8 +20,9 @@ namespace kvtier::kernels::cpu {
 struct MethodResult {
   std::string name;  // "kvarn k4v2_g128", "rtn k4v2 (kivi)", "fp8 e4m3"
   CodecMetrics metrics;
-  double encode_mb_per_s = 0;  // FP16 input MB (1e6 B) per second, one core; KVarN only
-  double decode_mb_per_s = 0;  // FP16 output MB per second (dequantize + unrotate)
+  // FP16 K+V MB (1e6 B) per second of this thread's CPU time (one core); KVarN only.
+  double encode_mb_per_s = 0;  // EncodeSequence: rotate, normalize, quantize, pack, payloads
+  double decode_mb_per_s = 0;  // DecodeSequence: dequantize + unrotate to fp32
   size_t stored_bytes = 0;     // KVarN: all payload bytes incl. headers
 };
 

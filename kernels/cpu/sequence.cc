@@ -14,15 +14,16 @@ namespace {
 // Gathers head h of tokens [t0, t0 + n) from [tokens][heads][D] into [n][D].
 void GatherHead(const float* x, int heads, int d, int t0, int n, int h, float* out) {
   for (int t = 0; t < n; ++t) {
-    std::memcpy(out + static_cast<size_t>(t) * d,
-                x + (static_cast<size_t>(t0 + t) * heads + h) * d, sizeof(float) * d);
+    std::memcpy(out + static_cast<size_t>(t) * d, x + (static_cast<size_t>(t0 + t) * heads + h) * d,
+                sizeof(float) * d);
   }
 }
 
 absl::Status CheckFinite(const float* x, size_t n, const char* what) {
   for (size_t i = 0; i < n; ++i) {
     if (!std::isfinite(x[i])) {
-      return absl::InvalidArgumentError(absl::StrCat(what, " has a non-finite value at flat index ", i));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " has a non-finite value at flat index ", i));
     }
   }
   return absl::OkStatus();
@@ -68,7 +69,8 @@ absl::StatusOr<std::vector<std::vector<uint8_t>>> EncodeSequence(const SequenceO
     PayloadHeader h;
     std::vector<uint8_t> section;
     if (partial || b < options.sink_blocks) {
-      const uint8_t flags = static_cast<uint8_t>((b == 0 ? kFlagSink : 0) | (partial ? kFlagTail : 0));
+      const uint8_t flags =
+          static_cast<uint8_t>((b == 0 ? kFlagSink : 0) | (partial ? kFlagTail : 0));
       h = MakeFp16Header(options.preset, head_dim, 1, num_kv_heads, count, flags);
       std::vector<uint16_t> halves(static_cast<size_t>(num_kv_heads) * 2 * count * head_dim);
       const size_t off = static_cast<size_t>(t0) * num_kv_heads * head_dim;
@@ -84,11 +86,12 @@ absl::StatusOr<std::vector<std::vector<uint8_t>>> EncodeSequence(const SequenceO
       for (int head = 0; head < num_kv_heads; ++head) {
         GatherHead(k, num_kv_heads, head_dim, t0, g, head, kt.data());
         GatherHead(v, num_kv_heads, head_dim, t0, g, head, vt.data());
-        absl::Status s = EncodeTile(layout, kt.data(), vt.data(),
-                                    section.data() + static_cast<size_t>(head) * layout.record_bytes,
-                                    options.codec);
+        absl::Status s = EncodeTile(
+            layout, kt.data(), vt.data(),
+            section.data() + static_cast<size_t>(head) * layout.record_bytes, options.codec);
         if (!s.ok()) {
-          return absl::Status(s.code(), absl::StrCat("block ", b, ", kv head ", head, ": ", s.message()));
+          return absl::Status(s.code(),
+                              absl::StrCat("block ", b, ", kv head ", head, ": ", s.message()));
         }
       }
     }
@@ -106,8 +109,7 @@ absl::StatusOr<std::vector<uint8_t>> EncodeTiles(const TileLayout& layout, int n
   const int g = layout.group_size, d = layout.head_dim;
   const int blocks = tokens / g;
   if (blocks == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(tokens, " tokens make no full block of ", g));
+    return absl::InvalidArgumentError(absl::StrCat(tokens, " tokens make no full block of ", g));
   }
   std::vector<uint8_t> out(static_cast<size_t>(blocks) * num_kv_heads * layout.record_bytes);
   std::vector<float> kt(static_cast<size_t>(g) * d), vt(kt.size());
@@ -115,10 +117,12 @@ absl::StatusOr<std::vector<uint8_t>> EncodeTiles(const TileLayout& layout, int n
     for (int head = 0; head < num_kv_heads; ++head) {
       GatherHead(k, num_kv_heads, d, b * g, g, head, kt.data());
       GatherHead(v, num_kv_heads, d, b * g, g, head, vt.data());
-      uint8_t* rec = out.data() + (static_cast<size_t>(b) * num_kv_heads + head) * layout.record_bytes;
+      uint8_t* rec =
+          out.data() + (static_cast<size_t>(b) * num_kv_heads + head) * layout.record_bytes;
       absl::Status s = EncodeTile(layout, kt.data(), vt.data(), rec, options);
       if (!s.ok()) {
-        return absl::Status(s.code(), absl::StrCat("block ", b, ", kv head ", head, ": ", s.message()));
+        return absl::Status(s.code(),
+                            absl::StrCat("block ", b, ", kv head ", head, ": ", s.message()));
       }
     }
   }
@@ -164,13 +168,15 @@ absl::Status DecodeSequence(absl::Span<const PayloadView> blocks, std::vector<fl
   for (const auto& s : sections) {
     for (int h = 0; h < heads; ++h) {
       if (s.encoding == BlockEncoding::kTiles) {
-        DecodeTile(layout, s.data + static_cast<size_t>(h) * layout.record_bytes, kr.data(), vr.data());
+        DecodeTile(layout, s.data + static_cast<size_t>(h) * layout.record_bytes, kr.data(),
+                   vr.data());
       } else {
         const size_t n = static_cast<size_t>(s.tokens) * d;
         const uint8_t* base = s.data + static_cast<size_t>(h) * 4 * n;
         for (size_t i = 0; i < n; ++i) {
           kr[i] = HalfToFloat(static_cast<uint16_t>(base[2 * i] | (base[2 * i + 1] << 8)));
-          vr[i] = HalfToFloat(static_cast<uint16_t>(base[2 * (n + i)] | (base[2 * (n + i) + 1] << 8)));
+          vr[i] =
+              HalfToFloat(static_cast<uint16_t>(base[2 * (n + i)] | (base[2 * (n + i) + 1] << 8)));
         }
       }
       for (int t = 0; t < s.tokens; ++t) {

@@ -53,10 +53,12 @@ float Fp16(double x) { return HalfToFloat(FloatToHalf(static_cast<float>(x))); }
 
 absl::StatusOr<SynthKv> GenerateSynthKv(const SynthOptions& o) {
   if (!IsSupportedHeadDim(o.head_dim)) {
-    return absl::InvalidArgumentError(absl::StrCat("head_dim ", o.head_dim, " is not 64, 128 or 256"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("head_dim ", o.head_dim, " is not 64, 128 or 256"));
   }
   if (o.tokens < 2 || o.tokens > (1 << 22)) {
-    return absl::InvalidArgumentError(absl::StrCat("tokens must be in [2, 4194304], got ", o.tokens));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tokens must be in [2, 4194304], got ", o.tokens));
   }
   if (o.num_kv_heads < 1 || o.num_kv_heads > 256 || o.num_q_heads < 1 ||
       o.num_q_heads % o.num_kv_heads != 0 || o.num_q_heads > 1024) {
@@ -65,7 +67,8 @@ absl::StatusOr<SynthKv> GenerateSynthKv(const SynthOptions& o) {
                                                    o.num_kv_heads, " (<= 256)"));
   }
   if (o.num_queries < 1 || o.num_queries > 4096) {
-    return absl::InvalidArgumentError(absl::StrCat("queries must be in [1, 4096], got ", o.num_queries));
+    return absl::InvalidArgumentError(
+        absl::StrCat("queries must be in [1, 4096], got ", o.num_queries));
   }
   const int d = o.head_dim, half = d / 2, hk = o.num_kv_heads, group = o.num_q_heads / hk;
   SynthKv kv;

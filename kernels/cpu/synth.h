@@ -26,12 +26,12 @@
 namespace kvtier::kernels::cpu {
 
 struct SynthOptions {
-  int tokens = 2048;       // Default: 2048.
-  int num_kv_heads = 4;    // Default: 4.
-  int num_q_heads = 16;    // Default: 16 (GQA groups of 4). A multiple of num_kv_heads.
-  int head_dim = 128;      // Default: 128. 64, 128 or 256.
-  int num_queries = 8;     // decode steps (independent query draws). Default: 8.
-  uint64_t seed = 1;       // Default: 1.
+  int tokens = 2048;     // Default: 2048.
+  int num_kv_heads = 4;  // Default: 4.
+  int num_q_heads = 16;  // Default: 16 (GQA groups of 4). A multiple of num_kv_heads.
+  int head_dim = 128;    // Default: 128. 64, 128 or 256.
+  int num_queries = 8;   // decode steps (independent query draws). Default: 8.
+  uint64_t seed = 1;     // Default: 1.
 };
 
 struct SynthKv {

@@ -3,7 +3,7 @@
 
 Implements DESIGN.md §3.1-§3.2 from the text (rotation, log-domain normalization, RTN,
 scale absorption, packing, record layout) in numpy and writes, for one tile per preset
-and head_dim 64/128:
+and head_dim 64/128 (and k4v2_g64 with D = 256):
     <preset>_d<D>_k.npy, <preset>_d<D>_v.npy   inputs: [G][D] float16, NOT rotated
     <preset>_d<D>.rec                           the expected tile record bytes
 The fp32 operation order is the one kernels/cpu/codec_internal.h documents (sequential
@@ -155,17 +155,18 @@ def make_input(g, d, seed):
 
 def main():
     out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
-    for i, preset in enumerate(PRESETS):
-        for d in (64, 128):
-            g = PRESETS[preset][2]
-            k16, v16 = make_input(g, d, seed=1000 + 10 * i + d)
-            rec = record(k16.astype(F32), v16.astype(F32), preset, d)
-            base = os.path.join(out_dir, f"{preset}_d{d}")
-            np.save(base + "_k.npy", k16)
-            np.save(base + "_v.npy", v16)
-            with open(base + ".rec", "wb") as f:
-                f.write(rec)
-            print(f"{base}: {len(rec)} bytes")
+    cases = [(i, preset, d) for i, preset in enumerate(PRESETS) for d in (64, 128)]
+    cases.append((2, "k4v2_g64", 256))  # D >= 256: the power-of-two per-token slot padding
+    for i, preset, d in cases:
+        g = PRESETS[preset][2]
+        k16, v16 = make_input(g, d, seed=1000 + 10 * i + d)
+        rec = record(k16.astype(F32), v16.astype(F32), preset, d)
+        base = os.path.join(out_dir, f"{preset}_d{d}")
+        np.save(base + "_k.npy", k16)
+        np.save(base + "_v.npy", v16)
+        with open(base + ".rec", "wb") as f:
+            f.write(rec)
+        print(f"{base}: {len(rec)} bytes")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "storage/mutex.h"
 #include "absl/types/span.h"
 #include "storage/eviction.h"
 #include "storage/tiered_store.h"
@@ -46,6 +46,9 @@
 namespace rocksdb {
 class DB;
 class ColumnFamilyHandle;
+class Status;
+class WriteBatch;
+struct WriteOptions;
 }  // namespace rocksdb
 
 namespace kvtier::storage {
@@ -125,7 +128,7 @@ class DiskTier {
   DiskTier(const DiskTierOptions& options, rocksdb::DB* db,
            std::vector<rocksdb::ColumnFamilyHandle*> handles);
   absl::Status Rebuild(const std::function<int(std::string_view)>& group_of);
-  absl::Mutex& StripeFor(const std::string& key) const;
+  Mutex& StripeFor(const std::string& key) const;
   uint64_t QuotaBytes(int group) const;
   void AddLocked(const std::string& key, const Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_mu_);
   void RemoveLocked(absl::flat_hash_map<std::string, Entry>::iterator it)
@@ -138,6 +141,7 @@ class DiskTier {
   // Drops a corrupt value if the index still holds the same version (pos.id == id).
   void DropCorrupt(const std::string& key, uint64_t id);
   absl::Status DeleteFromDb(const std::string& key, bool sync);
+  rocksdb::Status WriteToDb(const rocksdb::WriteOptions& wo, rocksdb::WriteBatch* batch);
 
   // Constant after construction.
   const uint64_t capacity_bytes_;
@@ -147,14 +151,18 @@ class DiskTier {
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // owned; [0] values, [1] meta
   uint64_t max_tick_at_open_ = 0;                      // set by Rebuild before use
 
-  mutable std::array<absl::Mutex, kStripes> stripes_;
+  mutable std::array<Mutex, kStripes> stripes_;
 
-  mutable absl::Mutex index_mu_;
+  mutable Mutex index_mu_;
   absl::flat_hash_map<std::string, Entry> index_ ABSL_GUARDED_BY(index_mu_);
   EvictionIndex order_ ABSL_GUARDED_BY(index_mu_);
   uint64_t bytes_ ABSL_GUARDED_BY(index_mu_) = 0;
   std::vector<uint64_t> group_bytes_ ABSL_GUARDED_BY(index_mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(index_mu_) = 1;
+
+#ifdef KVTIER_STORAGE_TSAN
+  Mutex tsan_write_mu_;  // see WriteToDb()
+#endif
 
   std::atomic<uint64_t> evictions_{0};
   std::atomic<uint64_t> quota_evictions_{0};

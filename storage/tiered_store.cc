@@ -11,7 +11,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "storage/mutex.h"
 #include "kernels/payload.h"
 #include "storage/block_key.h"
 #include "storage/disk_tier.h"
@@ -111,7 +111,7 @@ class TieredStoreImpl final : public TieredStore {
     }
     if (i < chain.size()) {
       const size_t end = std::min(chain.size(), i + kHintWindow);
-      absl::MutexLock lock(&hint_mu_);
+      MutexLock lock(&hint_mu_);
       for (size_t j = i; j < end; ++j) {
         RememberLocked(EncodeBlockKey(ns, chain[j], part), {tick, static_cast<uint32_t>(j)});
       }
@@ -249,7 +249,7 @@ class TieredStoreImpl final : public TieredStore {
 
   AccessStamp TakeHint(const std::string& ekey) {
     {
-      absl::MutexLock lock(&hint_mu_);
+      MutexLock lock(&hint_mu_);
       auto it = hints_.find(ekey);
       if (it != hints_.end()) {
         const AccessStamp s = it->second.stamp;
@@ -287,7 +287,7 @@ class TieredStoreImpl final : public TieredStore {
   std::atomic<uint64_t> next_tick_{1};
 
   // Positions of keys that a Lookup missed, for the Put that usually follows.
-  absl::Mutex hint_mu_;
+  Mutex hint_mu_;
   absl::flat_hash_map<std::string, Hint> hints_ ABSL_GUARDED_BY(hint_mu_);
   std::deque<std::pair<std::string, uint64_t>> hint_fifo_ ABSL_GUARDED_BY(hint_mu_);
   uint64_t hint_gen_ ABSL_GUARDED_BY(hint_mu_) = 0;

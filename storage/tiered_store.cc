@@ -35,6 +35,7 @@ class TieredStoreImpl final : public TieredStore {
   TieredStoreImpl(const TieredStoreOptions& options, std::vector<std::string> quota_prefixes,
                   std::vector<uint64_t> quotas)
       : write_through_(options.write_through),
+        chain_aware_(options.chain_aware_eviction),
         quota_prefixes_(std::move(quota_prefixes)),
         quotas_(quotas),
         memory_(MemoryTierOptions{options.memory_capacity_bytes, options.memory_shards,
@@ -104,12 +105,13 @@ class TieredStoreImpl final : public TieredStore {
     size_t i = 0;
     for (; i < chain.size(); ++i) {
       const std::string ekey = EncodeBlockKey(ns, chain[i], part);
-      const AccessStamp stamp{tick, static_cast<uint32_t>(i)};
+      const AccessStamp stamp = chain_aware_ ? AccessStamp{tick, static_cast<uint32_t>(i)}
+                                             : AccessStamp{NextTick(), 0};
       if (memory_.Touch(ekey, stamp)) continue;
       if (disk_ && disk_->Touch(ekey, stamp)) continue;
       break;
     }
-    if (i < chain.size()) {
+    if (i < chain.size() && chain_aware_) {
       const size_t end = std::min(chain.size(), i + kHintWindow);
       MutexLock lock(&hint_mu_);
       for (size_t j = i; j < end; ++j) {
@@ -279,6 +281,7 @@ class TieredStoreImpl final : public TieredStore {
 
   // Constant after construction.
   const bool write_through_;
+  const bool chain_aware_;
   const std::vector<std::string> quota_prefixes_;
   const std::vector<uint64_t> quotas_;
   MemoryTier memory_;

@@ -92,6 +92,11 @@ struct TieredStoreOptions {
   // Payloads of at least this many bytes go to RocksDB blob files rather than SST files.
   // Default: 64 KiB. Fixed after Open. (Added by the storage implementation.)
   uint64_t disk_min_blob_size_bytes = uint64_t{64} << 10;
+  // Evict the deepest block of a chain first among equally recent blocks (see the notes
+  // at the top). false: plain LRU, where a Lookup touches its chain head to tail, so the
+  // head is the least recent. Default: true. Fixed after Open. (Added by the storage
+  // implementation; false exists to measure the rule, see docs/benchmarks/storage.md.)
+  bool chain_aware_eviction = true;
 };
 
 struct TierStats {

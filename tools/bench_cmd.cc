@@ -20,7 +20,7 @@ constexpr char kTraceUsage[] =
     "usage: kvtier bench trace --trace FILE --capacity BYTES[,BYTES...]\n"
     "         [--codec k4v2_g128|fp16[,...]] [--model qwen3-32b|llama3-8b]\n"
     "         [--scale S] [--limit N] [--disk-capacity BYTES] [--disk-path DIR]\n"
-    "         [--progress|--no-progress]\n"
+    "         [--progress|--no-progress] [--eviction chain|lru]\n"
     "\n"
     "Replays the hash_ids of a Mooncake-format trace (512-token blocks) as prefix chains:\n"
     "each request looks up its chain, reads the hit blocks and puts the missed ones.\n"
@@ -34,7 +34,9 @@ constexpr char kTraceUsage[] =
     "  --limit          replay only the first N requests; default all\n"
     "  --disk-capacity  add a RocksDB tier of this many real bytes; default none\n"
     "  --disk-path      RocksDB directory for it; default a temporary directory\n"
-    "  --progress       progress bar on stderr; default on when stderr is a terminal\n";
+    "  --progress       progress bar on stderr; default on when stderr is a terminal\n"
+    "  --eviction       chain: deepest block of a chain first among equally recent ones\n"
+    "                   (default); lru: plain LRU\n";
 
 bool ParseScale(const std::string& s, double* out) {
   const size_t slash = s.find('/');
@@ -92,6 +94,13 @@ int RunTrace(int argc, char** argv) {
       }
     } else if (arg == "--disk-capacity") {
       disk_capacity = v;
+    } else if (arg == "--eviction") {
+      const std::string e = v;
+      if (e != "chain" && e != "lru") {
+        std::fprintf(stderr, "kvtier bench trace: --eviction is chain or lru\n");
+        return 2;
+      }
+      base.chain_aware_eviction = e == "chain";
     } else if (arg == "--disk-path") {
       base.disk_path = v;
     } else {
@@ -117,9 +126,10 @@ int RunTrace(int argc, char** argv) {
                  std::string(requests.status().message()).c_str());
     return 1;
   }
-  std::printf("trace %s: %zu requests, model %s, scale %g%s\n\n", base.trace_path.c_str(),
-              requests->size(), base.model.c_str(), base.scale,
-              base.disk_capacity_bytes ? ", RAM + disk" : ", RAM only");
+  std::printf("trace %s: %zu requests, model %s, scale %g%s, %s eviction\n\n",
+              base.trace_path.c_str(), requests->size(), base.model.c_str(), base.scale,
+              base.disk_capacity_bytes ? ", RAM + disk" : ", RAM only",
+              base.chain_aware_eviction ? "chain-aware" : "plain LRU");
   std::printf(
       "| RAM capacity | disk capacity | codec | block | blocks fit | token hit %% | block hit %% "
       "| RAM stored | RAM evictions | disk stored | disk evictions | puts | time |\n"

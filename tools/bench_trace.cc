@@ -237,6 +237,7 @@ absl::StatusOr<ReplayResult> ReplayRequests(const std::vector<TraceRequest>& req
 
   storage::TieredStoreOptions so;
   so.memory_capacity_bytes = res.capacity_blocks * res.payload_bytes;
+  so.chain_aware_eviction = o.chain_aware_eviction;
   std::string temp_dir;
   if (o.disk_capacity_bytes > 0) {
     const uint64_t disk_blocks = o.disk_capacity_bytes / res.block_bytes;

@@ -80,6 +80,8 @@ struct ReplayOptions {
   size_t limit = 0;
   // Draw a progress bar on stderr. Default: false.
   bool progress = false;
+  // TieredStoreOptions::chain_aware_eviction (false: plain LRU). Default: true.
+  bool chain_aware_eviction = true;
 };
 
 struct ReplayResult {

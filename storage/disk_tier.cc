@@ -89,12 +89,17 @@ absl::StatusOr<std::unique_ptr<DiskTier>> DiskTier::Open(const DiskTierOptions& 
   db_options.max_background_jobs = 2;
   db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
   db_options.keep_log_file_num = 2;
+  // The WAL is shared by both families and a WAL file lives until every family with data
+  // in it has flushed; the small meta family would otherwise pin GiBs of payload WAL.
+  db_options.max_total_wal_size =
+      std::clamp<uint64_t>(options.capacity_bytes / 8, uint64_t{32} << 20, uint64_t{256} << 20);
 
   rocksdb::ColumnFamilyOptions values;
   values.compression = rocksdb::kNoCompression;  // payloads are already compressed
   values.enable_blob_files = true;
   values.min_blob_size = options.min_blob_size;
-  values.blob_file_size = uint64_t{256} << 20;
+  values.blob_file_size =
+      std::clamp<uint64_t>(options.capacity_bytes / 32, uint64_t{8} << 20, uint64_t{256} << 20);
   values.blob_compression_type = rocksdb::kNoCompression;
   values.enable_blob_garbage_collection = true;
   values.blob_garbage_collection_age_cutoff = 0.5;
@@ -120,11 +125,16 @@ DiskTier::DiskTier(const DiskTierOptions& options, rocksdb::DB* db,
       quotas_(options.group_quota_bytes),
       db_(db),
       handles_(std::move(handles)) {
+  gc_threshold_ = std::max<uint64_t>(capacity_bytes_ / 4, uint64_t{64} << 20);
   MutexLock lock(&index_mu_);
   group_bytes_.assign(quotas_.size(), 0);
 }
 
 DiskTier::~DiskTier() {
+  {
+    MutexLock lock(&gc_mu_);
+    if (gc_thread_.joinable()) gc_thread_.join();
+  }
   for (auto* h : handles_) db_->DestroyColumnFamilyHandle(h);
   db_->Close().PermitUncheckedError();
   delete db_;
@@ -202,6 +212,7 @@ void DiskTier::AddLocked(const std::string& key, const Entry& e) {
 
 void DiskTier::RemoveLocked(absl::flat_hash_map<std::string, Entry>::iterator it) {
   const Entry& e = it->second;
+  garbage_bytes_.fetch_add(e.bytes, std::memory_order_relaxed);
   order_.Remove(e.pos, e.group);
   bytes_ -= e.bytes;
   if (e.group >= 0) group_bytes_[e.group] -= e.bytes;
@@ -308,7 +319,32 @@ absl::StatusOr<InsertResult> DiskTier::Put(const std::string& key,
   }
   for (const auto& v : victims) DeleteEvicted(v);
   if (evicted != nullptr) evicted->insert(evicted->end(), victims.begin(), victims.end());
+  AddGarbage(0);
   return InsertResult::kInserted;
+}
+
+void DiskTier::AddGarbage(uint64_t bytes) {
+  if (garbage_bytes_.fetch_add(bytes, std::memory_order_relaxed) + bytes < gc_threshold_) return;
+  if (gc_running_.exchange(true)) return;  // a pass is running; it will be seen next time
+  garbage_bytes_.store(0, std::memory_order_relaxed);
+  MutexLock lock(&gc_mu_);
+  if (gc_thread_.joinable()) gc_thread_.join();  // the previous pass has finished
+  gc_passes_.fetch_add(1, std::memory_order_relaxed);
+  gc_thread_ = std::thread([this] { CollectGarbage(); });
+}
+
+void DiskTier::CollectGarbage() {
+  // Tombstones of deleted keys sit in the (rarely full) memtable; flush them, then compact
+  // with forced blob GC so blob files whose blobs are dead (or mostly dead) are dropped.
+  rocksdb::FlushOptions fo;
+  fo.wait = true;
+  db_->Flush(fo, handles_).PermitUncheckedError();
+  rocksdb::CompactRangeOptions co;
+  co.blob_garbage_collection_policy = rocksdb::BlobGarbageCollectionPolicy::kForce;
+  co.blob_garbage_collection_age_cutoff = 0.5;
+  co.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
+  db_->CompactRange(co, handles_[0], nullptr, nullptr).PermitUncheckedError();
+  gc_running_.store(false);
 }
 
 absl::StatusOr<Payload> DiskTier::Get(const std::string& key, uint64_t tick) {
@@ -402,6 +438,7 @@ absl::StatusOr<bool> DiskTier::Delete(const std::string& key) {
   }
   absl::Status st = DeleteFromDb(key, sync_writes_);
   if (!st.ok()) return st;
+  AddGarbage(0);
   return true;
 }
 

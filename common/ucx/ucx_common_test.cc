@@ -81,7 +81,7 @@ TEST(UcxLoopTest, TasksRunOnTheLoopThreadInOrder) {
   EXPECT_EQ(loop->Call([] { return absl::OkStatus(); }).code(),
             absl::StatusCode::kFailedPrecondition);
   bool ran = false;
-  loop->Post([&] { ran = true; });  // dropped after Stop
+  EXPECT_FALSE(loop->Post([&] { ran = true; }));  // dropped after Stop
   EXPECT_FALSE(ran);
 }
 

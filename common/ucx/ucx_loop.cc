@@ -136,13 +136,12 @@ bool UcxLoop::RunTasks() {
 
 bool UcxLoop::InLoopThread() const { return std::this_thread::get_id() == loop_thread_id_; }
 
-void UcxLoop::Post(absl::AnyInvocable<void()> task) {
-  {
-    absl::MutexLock lock(&mu_);
-    if (!accepting_) return;
-    tasks_.push_back(std::move(task));
-  }
-  Wake();
+bool UcxLoop::Post(absl::AnyInvocable<void()> task) {
+  absl::MutexLock lock(&mu_);
+  if (!accepting_) return false;
+  tasks_.push_back(std::move(task));
+  ucp_worker_signal(worker_);
+  return true;
 }
 
 void UcxLoop::Wake() {

@@ -85,9 +85,9 @@ class UcxLoop {
 
   bool InLoopThread() const;
 
-  // Queues `task` to run on the loop thread. After Stop has begun, the task is destroyed
-  // without running. Any thread.
-  void Post(absl::AnyInvocable<void()> task);
+  // Queues `task` to run on the loop thread and returns true; once the loop has stopped
+  // taking tasks, destroys it without running it and returns false. Any thread.
+  bool Post(absl::AnyInvocable<void()> task);
 
   // Runs `fn` on the loop thread and returns its status; runs it inline when called on the
   // loop thread. kFailedPrecondition when the loop has stopped. Any thread.

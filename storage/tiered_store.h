@@ -72,7 +72,13 @@ struct TieredStoreOptions {
   // Optional per-namespace byte limits, by namespace prefix (longest prefix wins), over
   // both tiers. A namespace over its limit evicts its own blocks, never others'.
   // Default: none.
+  // The limit applies in each tier separately: a namespace holds at most its limit in RAM
+  // and at most its limit on disk (with write_through, disk holds a superset of RAM, so
+  // its distinct bytes stay within the limit). A limit of 0 is kInvalidArgument.
   std::map<std::string, uint64_t> namespace_quota_bytes;
+  // Payloads of at least this many bytes go to RocksDB blob files rather than SST files.
+  // Default: 64 KiB. Fixed after Open. (Added by the storage implementation.)
+  uint64_t disk_min_blob_size_bytes = uint64_t{64} << 10;
 };
 
 struct TierStats {

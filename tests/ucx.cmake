@@ -6,3 +6,16 @@ if(KVTIER_BUILD_SERVICE AND TARGET kvtier_ucx_server AND TARGET kvtier_ucx_clien
     LIBS kvtier_ucx_server kvtier_ucx_client kvtier_storage kvtier_storage_testing
     LABELS ucx TIMEOUT 120)
 endif()
+
+if(KVTIER_BUILD_SERVICE AND TARGET kvtier_ucx_server AND TARGET kvtier_ucx_client)
+  add_executable(ucx_server_child ucx/ucx_server_child.cc)
+  target_link_libraries(ucx_server_child PRIVATE kvtier_ucx_server kvtier_storage
+                        kvtier_storage_testing kvtier_build_flags)
+  kvtier_add_test(ucx_fault_test
+    SOURCES ucx/ucx_fault_test.cc
+    LIBS kvtier_ucx_client kvtier_storage_testing
+    LABELS ucx TIMEOUT 120)
+  target_compile_definitions(ucx_fault_test PRIVATE
+    KVTIER_UCX_SERVER_CHILD="$<TARGET_FILE:ucx_server_child>")
+  add_dependencies(ucx_fault_test ucx_server_child)
+endif()

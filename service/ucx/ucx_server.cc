@@ -205,6 +205,15 @@ class UcxDataPlane::Impl {
 
   size_t inflight() const { return inflight_.load(); }
 
+  UcxDataPlaneStats stats() const {
+    UcxDataPlaneStats st;
+    st.connections_accepted = connections_accepted_.load();
+    st.requests = requests_.load();
+    st.rendezvous_receives = rendezvous_receives_.load();
+    st.rejected_before_receive = rejected_before_receive_.load();
+    return st;
+  }
+
  private:
   struct Conn {
     ucp_ep_h ep = nullptr;
@@ -287,6 +296,7 @@ class UcxDataPlane::Impl {
       job.data.assign(p, p + length);
     }
     self->inflight_.fetch_add(1);
+    self->requests_.fetch_add(1);
     self->deferred_.push_back(
         [self, job = std::move(job)]() mutable { self->Process(std::move(job)); });
     return ret;
@@ -353,10 +363,12 @@ class UcxDataPlane::Impl {
     auto conn = std::make_shared<Conn>();
     conn->ep = ep;
     conns_[ep] = std::move(conn);
+    connections_accepted_.fetch_add(1);
   }
 
   void ReleaseData(Job& job) {
     if (job.rndv_desc != nullptr) {
+      rejected_before_receive_.fetch_add(1);
       ucp_am_data_release(loop_->worker(), job.rndv_desc);
       job.rndv_desc = nullptr;
     }
@@ -365,6 +377,7 @@ class UcxDataPlane::Impl {
 
   // Receives rendezvous data into `buf` (n bytes, owned by the caller until done runs).
   void ReceiveRndv(void* desc, void* buf, size_t n, absl::AnyInvocable<void(absl::Status)> done) {
+    rendezvous_receives_.fetch_add(1);
     auto* ctx = new RecvCtx{this, std::move(done)};
     ucp_request_param_t p{};
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
@@ -705,7 +718,12 @@ class UcxDataPlane::Impl {
   uint64_t inflight_put_bytes_ = 0;
   std::deque<std::pair<uint64_t, absl::AnyInvocable<void()>>> waiting_puts_;
 
-  std::atomic<size_t> inflight_{0};  // written on the loop thread, read anywhere
+  // Written on the loop thread, read anywhere.
+  std::atomic<size_t> inflight_{0};
+  std::atomic<uint64_t> connections_accepted_{0};
+  std::atomic<uint64_t> requests_{0};
+  std::atomic<uint64_t> rendezvous_receives_{0};
+  std::atomic<uint64_t> rejected_before_receive_{0};
 };
 
 UcxDataPlane::UcxDataPlane(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -728,5 +746,7 @@ void UcxDataPlane::Stop() {
 }
 
 size_t UcxDataPlane::inflight_requests() const { return impl_->inflight(); }
+
+UcxDataPlaneStats UcxDataPlane::stats() const { return impl_->stats(); }
 
 }  // namespace kvtier::service

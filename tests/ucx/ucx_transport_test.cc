@@ -150,6 +150,8 @@ TEST_F(UcxTransportTest, PutGetRoundTripOfLargePayloads) {
     EXPECT_EQ(*b.payload, *payloads[i]) << "block " << i << " of " << payloads[i]->size();
     EXPECT_EQ(b.tier, v1::TIER_MEMORY);
   }
+  // The large payloads went over rendezvous (pulled by the server into its own buffer).
+  EXPECT_GE(server_->stats().rendezvous_receives, 2u);
   // The same bytes again: deduplicated, not stored twice.
   auto again = c->Put(kNs, chain[3], 1, payloads[3]->data(), payloads[3]->size());
   ASSERT_TRUE(again.ok()) << again.status();
@@ -375,6 +377,8 @@ TEST_F(UcxTransportTest, WrongPayloadSizeIsRejectedAndNothingStored) {
   }
   EXPECT_EQ(*c->Lookup(kNs, 0, {H(2)}), 0u);
   EXPECT_EQ(store_->Stats().memory.blocks, 0u);
+  // The 4 MiB rejects were dropped without pulling their data.
+  EXPECT_GE(server_->stats().rejected_before_receive, 2u);
   Payload ok = ucx_test::PayloadOfAtLeast(22, 4 << 20);
   EXPECT_TRUE(c->Put(kNs, H(2), 0, ok->data(), ok->size()).ok());
 }

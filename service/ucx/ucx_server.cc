@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -164,6 +165,7 @@ class UcxDataPlane::Impl {
   }
 
   void Stop() {
+    absl::MutexLock lock(&stop_mu_);
     if (loop_ == nullptr) return;
     (void)loop_->Call([this]() -> absl::Status {
       draining_ = true;
@@ -707,7 +709,8 @@ class UcxDataPlane::Impl {
   const UcxDataPlaneOptions options_;
   storage::TieredStore* const store_;
   const UcxHooks hooks_;
-  std::unique_ptr<ucx::UcxLoop> loop_;  // set in Start, reset in Stop (caller's thread)
+  absl::Mutex stop_mu_;  // serializes Stop callers
+  std::unique_ptr<ucx::UcxLoop> loop_;  // set in Start, reset in Stop (under stop_mu_)
 
   // Loop thread only.
   ucp_listener_h listener_ = nullptr;

@@ -25,6 +25,13 @@ inline ucx::UcxLoopOptions LoopOptions(std::string name) {
   ucx::UcxLoopOptions o;
   o.name = std::move(name);
   o.ucx_config = {{"TLS", TestTls()}};
+  // Experiments: $KVTIER_UCX_TEST_BUSY_POLL_US, $KVTIER_UCX_TEST_MAX_SLEEP_MS.
+  if (const char* v = std::getenv("KVTIER_UCX_TEST_BUSY_POLL_US")) {
+    o.busy_poll = absl::Microseconds(std::atoi(v));
+  }
+  if (const char* v = std::getenv("KVTIER_UCX_TEST_MAX_SLEEP_MS")) {
+    o.max_sleep = absl::Milliseconds(std::atoi(v));
+  }
   return o;
 }
 

@@ -1,5 +1,6 @@
 // The UCX data plane end to end on loopback: UcxConnection <-> UcxDataPlane over a real
 // TieredStore (RAM tier). Transports: $KVTIER_UCX_TEST_TLS (default "tcp").
+#include <array>
 #include <atomic>
 #include <cstring>
 #include <map>
@@ -74,6 +75,19 @@ class UcxTransportTest : public ::testing::Test {
       absl::MutexLock lock(&mu_);
       finished_.push_back({std::string(method), code, in, out});
     };
+    hooks.on_lookup = [this](absl::string_view ns, uint32_t requested, uint32_t present,
+                             uint32_t block_tokens) {
+      absl::MutexLock lock(&mu_);
+      lookups_.push_back({requested, present, block_tokens});
+    };
+    hooks.on_put_block = [this](absl::string_view ns, absl::string_view result) {
+      absl::MutexLock lock(&mu_);
+      put_results_[std::string(result)]++;
+    };
+    hooks.on_get_block = [this](absl::string_view tier, absl::string_view result) {
+      absl::MutexLock lock(&mu_);
+      get_results_[absl::StrCat(tier, "/", result)]++;
+    };
     o.listen_address = "127.0.0.1";
     o.drain_timeout = absl::Seconds(10);
     o.loop = ucx_test::LoopOptions("ucx-test-srv");
@@ -106,6 +120,9 @@ class UcxTransportTest : public ::testing::Test {
   absl::Mutex mu_;
   absl::Duration authorize_stall_ ABSL_GUARDED_BY(mu_) = absl::ZeroDuration();
   std::vector<Finished> finished_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::array<uint32_t, 3>> lookups_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> put_results_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> get_results_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<storage::TieredStore> store_;
   std::unique_ptr<UcxDataPlane> server_;
 };
@@ -196,6 +213,11 @@ TEST_F(UcxTransportTest, LookupCountsTheLeadingPrefixOnly) {
   n = c->Lookup("tenant/other", 0, chain);
   ASSERT_TRUE(n.ok());
   EXPECT_EQ(*n, 0u);
+  absl::MutexLock lock(&mu_);
+  ASSERT_EQ(lookups_.size(), 3u);
+  EXPECT_EQ(lookups_[0], (std::array<uint32_t, 3>{6, 3, 128}));
+  EXPECT_EQ(lookups_[1], (std::array<uint32_t, 3>{3, 0, 0}));
+  EXPECT_EQ(put_results_["stored"], 4);
 }
 
 TEST_F(UcxTransportTest, GetAnswersHitsAndMissesInOrder) {
@@ -213,6 +235,34 @@ TEST_F(UcxTransportTest, GetAnswersHitsAndMissesInOrder) {
   EXPECT_FALSE((*got)[1].payload.has_value());
   EXPECT_EQ((*got)[2].payload, *b);
   EXPECT_FALSE((*got)[3].payload.has_value());
+  absl::MutexLock lock(&mu_);
+  EXPECT_EQ(get_results_["memory/hit"], 2);
+  EXPECT_EQ(get_results_["none/miss"], 2);
+}
+
+TEST_F(UcxTransportTest, PutMemoryBudgetQueuesRendezvousPutsInsteadOfFailing) {
+  server_->Stop();
+  UcxDataPlaneOptions o;
+  o.max_inflight_put_bytes = 1 << 20;  // smaller than one payload: one at a time
+  StartServer(o);
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  std::vector<Payload> payloads;
+  for (int i = 0; i < 6; ++i) payloads.push_back(ucx_test::PayloadOfAtLeast(60 + i, 2 << 20));
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 6; ++i) {
+    threads.emplace_back([&, i] {
+      if (c->Put(kNs, H(i), 0, payloads[i]->data(), payloads[i]->size()).ok()) ok++;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 6);
+  std::vector<ChainHash> chain;
+  for (int i = 0; i < 6; ++i) chain.push_back(H(i));
+  auto got = c->Get(kNs, 0, chain);
+  ASSERT_TRUE(got.ok()) << got.status();
+  for (int i = 0; i < 6; ++i) EXPECT_EQ((*got)[i].payload, *payloads[i]);
 }
 
 TEST_F(UcxTransportTest, DeleteRemovesBlocks) {

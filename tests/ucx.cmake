@@ -19,3 +19,10 @@ if(KVTIER_BUILD_SERVICE AND TARGET kvtier_ucx_server AND TARGET kvtier_ucx_clien
     KVTIER_UCX_SERVER_CHILD="$<TARGET_FILE:ucx_server_child>")
   add_dependencies(ucx_fault_test ucx_server_child)
 endif()
+
+# Benchmark (not a test): see docs/ucx.md.
+if(KVTIER_BUILD_SERVICE AND TARGET kvtier_ucx_server AND TARGET kvtier_ucx_client)
+  add_executable(ucx_bench ucx/ucx_bench.cc)
+  target_link_libraries(ucx_bench PRIVATE kvtier_ucx_server kvtier_ucx_client kvtier_storage
+                        kvtier_storage_testing absl::strings kvtier_build_flags)
+endif()

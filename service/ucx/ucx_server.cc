@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstring>
 #include <deque>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -103,6 +104,53 @@ v1::Tier ToProto(storage::Tier t) {
   return t == storage::Tier::kDisk ? v1::TIER_DISK : v1::TIER_MEMORY;
 }
 
+// Threads that run store calls off the loop thread. Stop runs what is queued, then joins.
+class StorePool {
+ public:
+  explicit StorePool(int threads) {
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
+  }
+  ~StorePool() { Stop(); }
+
+  void Submit(absl::AnyInvocable<void()> fn) {
+    absl::MutexLock lock(&mu_);
+    queue_.push_back(std::move(fn));
+  }
+
+  void Stop() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    for (std::thread& t : threads_) t.join();
+    threads_.clear();
+  }
+
+ private:
+  void Run() {
+    while (true) {
+      absl::AnyInvocable<void()> fn;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(
+            +[](StorePool* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p->mu_) {
+              return p->stopping_ || !p->queue_.empty();
+            },
+            this));
+        if (queue_.empty()) return;  // stopping and drained
+        fn = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      fn();
+    }
+  }
+
+  std::vector<std::thread> threads_;
+  absl::Mutex mu_;
+  std::deque<absl::AnyInvocable<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+};
+
 }  // namespace
 
 class UcxDataPlane::Impl {
@@ -119,6 +167,10 @@ class UcxDataPlane::Impl {
     if (options_.max_payload_bytes < kernels::kPayloadHeaderBytes) {
       return absl::InvalidArgumentError("max_payload_bytes is smaller than a payload header");
     }
+    if (options_.store_threads < 0) {
+      return absl::InvalidArgumentError("store_threads must not be negative");
+    }
+    if (options_.store_threads > 0) pool_ = std::make_unique<StorePool>(options_.store_threads);
     socklen_t addr_len = 0;
     KVTIER_ASSIGN_OR_RETURN(sockaddr_storage addr,
                             ParseAddress(options_.listen_address, options_.port, &addr_len));
@@ -201,6 +253,9 @@ class UcxDataPlane::Impl {
       for (void* r : closing) ucp_request_free(r);
       return absl::OkStatus();
     });
+    // Store calls still queued after a drain timeout run now (the store outlives us);
+    // their responses go nowhere since every endpoint is closed.
+    if (pool_ != nullptr) pool_->Stop();
     loop_->Stop();
     loop_.reset();
   }
@@ -326,6 +381,12 @@ class UcxDataPlane::Impl {
   // ---- loop thread ----
 
   void OnIteration() {
+    std::deque<absl::AnyInvocable<void()>> completions;
+    {
+      absl::MutexLock lock(&completions_mu_);
+      completions.swap(completions_);
+    }
+    for (auto& c : completions) c();
     while (!deferred_.empty()) {
       auto task = std::move(deferred_.front());
       deferred_.pop_front();
@@ -366,6 +427,26 @@ class UcxDataPlane::Impl {
     conn->ep = ep;
     conns_[ep] = std::move(conn);
     connections_accepted_.fetch_add(1);
+  }
+
+  // Runs `work` (a store call) on the pool, or inline without one, then `then` with its
+  // result on the loop thread.
+  template <typename R>
+  void Offload(absl::AnyInvocable<R()> work, absl::AnyInvocable<void(R)> then) {
+    if (pool_ == nullptr) {
+      then(work());
+      return;
+    }
+    pool_->Submit([this, work = std::move(work), then = std::move(then)]() mutable {
+      R result = work();
+      {
+        absl::MutexLock lock(&completions_mu_);
+        completions_.push_back([then = std::move(then), result = std::move(result)]() mutable {
+          then(std::move(result));
+        });
+      }
+      loop_->Wake();
+    });
   }
 
   void ReleaseData(Job& job) {
@@ -506,16 +587,22 @@ class UcxDataPlane::Impl {
     if (!s.ok()) return Fail(req, s);
     auto chain = ParseChain(r.chain_hashes(), options_.max_chain_length);
     if (!chain.ok()) return Fail(req, chain.status());
-    size_t present = store_->Lookup(r.namespace_(), *chain, r.part());
-    if (hooks_.on_lookup) {
-      hooks_.on_lookup(r.namespace_(), static_cast<uint32_t>(chain->size()),
-                       static_cast<uint32_t>(present), r.block_tokens());
-    }
-    v1::UcxResponse resp;
-    resp.mutable_lookup()->set_num_present(static_cast<uint32_t>(present));
-    resp.set_last(true);
-    Send(req, resp, nullptr);
-    Done(req);
+    const auto requested = static_cast<uint32_t>(chain->size());
+    Offload<size_t>(
+        [this, ns = r.namespace_(), chain = std::move(*chain), part = r.part()] {
+          return store_->Lookup(ns, chain, part);
+        },
+        [this, req, ns = r.namespace_(), requested,
+         block_tokens = r.block_tokens()](size_t present) {
+          if (hooks_.on_lookup) {
+            hooks_.on_lookup(ns, requested, static_cast<uint32_t>(present), block_tokens);
+          }
+          v1::UcxResponse resp;
+          resp.mutable_lookup()->set_num_present(static_cast<uint32_t>(present));
+          resp.set_last(true);
+          Send(req, resp, nullptr);
+          Done(req);
+        });
   }
 
   absl::StatusOr<std::vector<BlockKey>> Keys(const std::string& ns, uint32_t part,
@@ -537,13 +624,16 @@ class UcxDataPlane::Impl {
     if (!s.ok()) return Fail(req, s);
     auto keys = Keys(r.namespace_(), r.part(), r.chain_hashes());
     if (!keys.ok()) return Fail(req, keys.status());
-    absl::StatusOr<size_t> deleted = store_->Delete(*keys);
-    if (!deleted.ok()) return Fail(req, deleted.status());
-    v1::UcxResponse resp;
-    resp.mutable_delete_()->set_deleted(static_cast<uint32_t>(*deleted));
-    resp.set_last(true);
-    Send(req, resp, nullptr);
-    Done(req);
+    Offload<absl::StatusOr<size_t>>(
+        [this, keys = std::move(*keys)] { return store_->Delete(keys); },
+        [this, req](absl::StatusOr<size_t> deleted) {
+          if (!deleted.ok()) return Fail(req, deleted.status());
+          v1::UcxResponse resp;
+          resp.mutable_delete_()->set_deleted(static_cast<uint32_t>(*deleted));
+          resp.set_last(true);
+          Send(req, resp, nullptr);
+          Done(req);
+        });
   }
 
   void HandleGet(const std::shared_ptr<Request>& req, const v1::UcxRequest& request) {
@@ -552,7 +642,13 @@ class UcxDataPlane::Impl {
     if (!s.ok()) return Fail(req, s);
     auto keys = Keys(r.namespace_(), r.part(), r.chain_hashes());
     if (!keys.ok()) return Fail(req, keys.status());
-    std::vector<absl::StatusOr<storage::Lease>> got = store_->Get(*keys);
+    using Leases = std::vector<absl::StatusOr<storage::Lease>>;
+    Offload<Leases>([this, keys = std::move(*keys)] { return store_->Get(keys); },
+                    [this, req](Leases got) { SendBlocks(req, got); });
+  }
+
+  void SendBlocks(const std::shared_ptr<Request>& req,
+                  const std::vector<absl::StatusOr<storage::Lease>>& got) {
     for (size_t i = 0; i < got.size(); ++i) {
       v1::UcxResponse resp;
       v1::GetResponse* g = resp.mutable_get();
@@ -608,7 +704,7 @@ class UcxDataPlane::Impl {
     key.part = h.key().part();
     req->bytes_in = job.length;
     if (job.rndv_desc == nullptr) {
-      FinishPut(req, key, std::make_shared<std::vector<uint8_t>>(std::move(job.data)));
+      FinishPut(req, key, std::make_shared<std::vector<uint8_t>>(std::move(job.data)), 0);
       return;
     }
     size_t n = job.length;
@@ -620,12 +716,12 @@ class UcxDataPlane::Impl {
       ReceiveRndv(desc, buf->data(), n,
                   [this, req, key = std::move(key), buf, n](absl::Status s) mutable {
                     if (s.ok()) {
-                      FinishPut(req, key, std::move(buf));
+                      FinishPut(req, key, std::move(buf), n);
                     } else {
                       if (hooks_.on_put_block) hooks_.on_put_block(key.ns, "rejected");
                       Fail(req, absl::UnavailableError(s.message()));
+                      inflight_put_bytes_ -= n;
                     }
-                    inflight_put_bytes_ -= n;
                   });
     };
     if (inflight_put_bytes_ == 0 || inflight_put_bytes_ + n <= options_.max_inflight_put_bytes) {
@@ -635,26 +731,36 @@ class UcxDataPlane::Impl {
     }
   }
 
+  // Validates the header and stores the block; `budget` bytes of max_inflight_put_bytes are
+  // returned once the store is done with it.
   void FinishPut(const std::shared_ptr<Request>& req, const BlockKey& key,
-                 std::shared_ptr<std::vector<uint8_t>> bytes) {
-    absl::StatusOr<kernels::PayloadView> view = kernels::ValidatePayload(*bytes);
-    if (!view.ok()) {
+                 std::shared_ptr<std::vector<uint8_t>> bytes, uint64_t budget) {
+    // The header check is cheap and gives the early, precise error; the body checksum is
+    // verified by TieredStore::Put itself (kernels::ValidatePayload, kDataLoss on mismatch),
+    // so the payload is hashed once, not twice.
+    absl::StatusOr<kernels::PayloadHeader> header = kernels::ParseHeader(*bytes);
+    if (!header.ok()) {
+      inflight_put_bytes_ -= budget;
       if (hooks_.on_put_block) hooks_.on_put_block(key.ns, "rejected");
-      return Fail(req, view.status());
+      return Fail(req, header.status());
     }
-    absl::StatusOr<storage::PutOutcome> outcome = store_->Put(key, std::move(bytes));
-    if (!outcome.ok()) {
-      if (hooks_.on_put_block) hooks_.on_put_block(key.ns, "rejected");
-      return Fail(req, outcome.status());
-    }
-    bool dedup = *outcome == storage::PutOutcome::kDeduplicated;
-    if (hooks_.on_put_block) hooks_.on_put_block(key.ns, dedup ? "deduplicated" : "stored");
-    v1::UcxResponse resp;
-    resp.mutable_put()->add_outcomes(dedup ? v1::PutResponse::DEDUPLICATED
-                                           : v1::PutResponse::STORED);
-    resp.set_last(true);
-    Send(req, resp, nullptr);
-    Done(req);
+    Offload<absl::StatusOr<storage::PutOutcome>>(
+        [this, key, bytes = std::move(bytes)]() mutable { return store_->Put(key, std::move(bytes)); },
+        [this, req, ns = key.ns, budget](absl::StatusOr<storage::PutOutcome> outcome) {
+          inflight_put_bytes_ -= budget;
+          if (!outcome.ok()) {
+            if (hooks_.on_put_block) hooks_.on_put_block(ns, "rejected");
+            return Fail(req, outcome.status());
+          }
+          bool dedup = *outcome == storage::PutOutcome::kDeduplicated;
+          if (hooks_.on_put_block) hooks_.on_put_block(ns, dedup ? "deduplicated" : "stored");
+          v1::UcxResponse resp;
+          resp.mutable_put()->add_outcomes(dedup ? v1::PutResponse::DEDUPLICATED
+                                                 : v1::PutResponse::STORED);
+          resp.set_last(true);
+          Send(req, resp, nullptr);
+          Done(req);
+        });
   }
 
   // Sends the final (error) response of a request.
@@ -720,6 +826,11 @@ class UcxDataPlane::Impl {
   std::deque<absl::AnyInvocable<void()>> deferred_;
   uint64_t inflight_put_bytes_ = 0;
   std::deque<std::pair<uint64_t, absl::AnyInvocable<void()>>> waiting_puts_;
+
+  std::unique_ptr<StorePool> pool_;  // null: store calls run inline on the loop thread
+  absl::Mutex completions_mu_;
+  // Continuations of store calls finished on the pool, run by OnIteration.
+  std::deque<absl::AnyInvocable<void()>> completions_ ABSL_GUARDED_BY(completions_mu_);
 
   // Written on the loop thread, read anywhere.
   std::atomic<size_t> inflight_{0};

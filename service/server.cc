@@ -155,11 +155,15 @@ struct State {
   int ucx_port = 0;
   absl::Duration session_ttl = absl::Hours(1);
   std::atomic<int> streams{0};
+  std::atomic<int> inflight{0};  // requests between RequestScope start and Done
   std::atomic<bool> draining{false};
   absl::Time start_time = absl::Now();
 };
 
 absl::StatusOr<Grant> Authenticate(State* st, grpc::CallbackServerContext* ctx) {
+  // Every request authenticates first, so this is also where a draining server turns new
+  // requests away (clients retry UNAVAILABLE elsewhere or later).
+  if (st->draining) return absl::UnavailableError("server is draining");
   const auto& md = ctx->client_metadata();
   auto it = md.find("authorization");
   absl::string_view value;
@@ -172,11 +176,13 @@ absl::StatusOr<Grant> Authenticate(State* st, grpc::CallbackServerContext* ctx) 
 class RequestScope {
  public:
   RequestScope(State* st, const char* method) : st_(st), method_(method), start_(absl::Now()) {
+    st_->inflight.fetch_add(1);
     st_->metrics.inflight.Add({"grpc"}, 1);
   }
   void Done(absl::StatusCode code) {
     if (done_) return;
     done_ = true;
+    st_->inflight.fetch_sub(1);
     st_->metrics.inflight.Add({"grpc"}, -1);
     st_->metrics.OnRequest(method_, "grpc", code, absl::ToDoubleSeconds(absl::Now() - start_),
                            bytes_in, bytes_out);
@@ -722,17 +728,33 @@ class ServerImpl final : public Server {
     ready_ = false;
     if (grpc_ != nullptr) {
       grpc_->GetHealthCheckService()->SetServingStatus(false);
-      grpc_->Shutdown(std::chrono::system_clock::now() +
-                      std::chrono::milliseconds(absl::ToInt64Milliseconds(timeout)));
+      const absl::Time t0 = absl::Now();
+      // Let in-flight requests finish (new ones are turned away with UNAVAILABLE), then
+      // shut gRPC down; whatever is left at the deadline is cancelled. gRPC's own
+      // Shutdown(deadline) would also wait for idle client connections, so the wait for
+      // requests is done here.
+      const absl::Time deadline = t0 + timeout;
+      while (st_.inflight.load() > 0 && absl::Now() < deadline) {
+        absl::SleepFor(absl::Milliseconds(5));
+      }
+      grpc_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
       grpc_->Wait();
+      std::fprintf(stderr, "kvtier-server: gRPC drained in %s\n",
+                   absl::FormatDuration(absl::Now() - t0).c_str());
     }
 #ifdef KVTIER_HAVE_UCX_DATA_PLANE
     if (ucx_ != nullptr) ucx_->Stop();
 #endif
+    const absl::Time t1 = absl::Now();
     if (st_.store != nullptr) drain_status_ = st_.store->Flush();
+    std::fprintf(stderr, "kvtier-server: storage flushed in %s\n",
+                 absl::FormatDuration(absl::Now() - t1).c_str());
     if (http_ != nullptr) {
+      const absl::Time t2 = absl::Now();
       http_->stop();
       if (http_thread_.joinable()) http_thread_.join();
+      std::fprintf(stderr, "kvtier-server: HTTP stopped in %s\n",
+                   absl::FormatDuration(absl::Now() - t2).c_str());
     }
     return drain_status_;
   }

@@ -1,6 +1,6 @@
 # Multi-process service tests: real kvtier-server processes on loopback (tests/service/).
 if(KVTIER_BUILD_SERVICE AND TARGET kvtier-server AND TARGET kvtier_client)
-  add_library(kvtier_service_testing STATIC service/harness.cc)
+  add_library(kvtier_service_testing STATIC service/harness.cc service/tcp_proxy.cc)
   target_include_directories(kvtier_service_testing PUBLIC ${PROJECT_SOURCE_DIR})
   target_link_libraries(kvtier_service_testing
     PUBLIC kvtier_client kvtier_payload absl::time absl::statusor absl::synchronization
@@ -27,4 +27,7 @@ if(KVTIER_BUILD_SERVICE AND TARGET service_integration_test)
 endif()
 if(KVTIER_BUILD_SERVICE AND TARGET service_integration_test)
   kvtier_service_test(bad_input_test)
+endif()
+if(KVTIER_BUILD_SERVICE AND TARGET service_integration_test)
+  kvtier_service_test(fault_test)
 endif()

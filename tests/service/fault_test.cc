@@ -245,11 +245,21 @@ TEST(FaultTest, PausedServerAndTinyDeadlinesAreMisses) {
   s.Resume();
   EXPECT_EQ(ExpectMissesOrExactBytes(c->Get(kNs, 0, b.chain), b, 0), 4u);
 
+  // A 1 us deadline: misses with DEADLINE_EXCEEDED (gRPC may still complete a call that
+  // races the timer; then the bytes are exact).
   auto tiny = Connect(s.endpoint(), absl::Microseconds(1));
-  for (const auto& r : tiny->Get(kNs, 0, b.chain)) {
-    EXPECT_FALSE(r.hit);
-    EXPECT_EQ(r.status.code(), absl::StatusCode::kDeadlineExceeded);
+  int expired = 0;
+  for (int round = 0; round < 5; ++round) {
+    auto got_tiny = tiny->Get(kNs, 0, b.chain);
+    ExpectMissesOrExactBytes(got_tiny, b, 0);
+    for (const auto& r : got_tiny) {
+      if (!r.hit) {
+        EXPECT_EQ(r.status.code(), absl::StatusCode::kDeadlineExceeded);
+        ++expired;
+      }
+    }
   }
+  EXPECT_GT(expired, 0);
 }
 
 }  // namespace

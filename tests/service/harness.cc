@@ -147,7 +147,17 @@ absl::StatusOr<int> ServerProcess::Terminate(absl::Duration timeout) {
 }
 
 void ServerProcess::Pause() {
-  if (pid_ > 0) kill(pid_, SIGSTOP);
+  if (pid_ <= 0) return;
+  kill(pid_, SIGSTOP);
+  // kill() returns before the stop takes effect; wait until /proc says "T (stopped)".
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < deadline) {
+    std::ifstream in(absl::StrCat("/proc/", pid_, "/stat"));
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const size_t paren = stat.rfind(')');
+    if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'T') return;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
 }
 void ServerProcess::Resume() {
   if (pid_ > 0) kill(pid_, SIGCONT);

@@ -1,0 +1,609 @@
+#include "client/ucx/ucx_client.h"
+
+#include <netdb.h>
+#include <sys/socket.h>
+#include <ucp/api/ucp.h>
+
+#include <atomic>
+#include <cstring>
+#include <unordered_map>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "common/status_macros.h"
+#include "common/ucx/ucx_status.h"
+
+namespace kvtier::client {
+namespace {
+
+constexpr unsigned kRequestAmId = 1;
+constexpr unsigned kResponseAmId = 2;
+
+enum class Kind { kLookup, kPut, kGet, kDelete, kRaw };
+
+}  // namespace
+
+class UcxConnection::Impl {
+ public:
+  explicit Impl(const UcxConnectionOptions& options, std::string token)
+      : options_(options), token_(std::move(token)) {}
+  ~Impl() { Close(); }
+
+  // A request in flight. Fields below `done` are touched on the loop thread only until
+  // `done` is notified; the caller reads them afterwards.
+  struct Pending {
+    uint64_t id = 0;
+    Kind kind = Kind::kLookup;
+    absl::Time deadline;
+    std::string request_bytes;  // the serialized UcxRequest, alive until the send completes
+    const uint8_t* data = nullptr;
+    size_t data_bytes = 0;
+    absl::Notification done;
+
+    absl::Status status;  // request-level result
+    v1::UcxResponse response;  // the final response (Lookup, Put, Delete)
+    std::vector<UcxGetBlock> blocks;  // Get
+    std::vector<bool> have;
+    size_t received = 0;
+    int receiving = 0;  // rendezvous receives in progress
+    bool last_seen = false;
+    std::vector<v1::UcxResponse> raw;
+    bool send_done = false;
+    bool registered = false;
+    bool completed = false;
+  };
+
+  absl::Status Connect(const std::string& host, uint16_t port, absl::Duration timeout) {
+    if (token_.empty()) return absl::InvalidArgumentError("empty UCX session token");
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* res = nullptr;
+    int rc = getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res);
+    if (rc != 0 || res == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot resolve \"", host, "\": ", gai_strerror(rc)));
+    }
+    sockaddr_storage addr{};
+    socklen_t addr_len = res->ai_addrlen;
+    std::memcpy(&addr, res->ai_addr, res->ai_addrlen);
+    freeaddrinfo(res);
+
+    KVTIER_ASSIGN_OR_RETURN(loop_, ucx::UcxLoop::Start(options_.loop, [this] { OnIteration(); }));
+    return loop_->Call([&]() -> absl::Status {
+      ucp_am_handler_param_t am{};
+      am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                      UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
+      am.id = kResponseAmId;
+      am.cb = &Impl::OnResponseAm;
+      am.arg = this;
+      am.flags = UCP_AM_FLAG_WHOLE_MSG;
+      KVTIER_UCX_RETURN_IF_ERROR(ucp_worker_set_am_recv_handler(loop_->worker(), &am),
+                                 "ucp_worker_set_am_recv_handler");
+      ucp_ep_params_t p{};
+      p.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
+                     UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
+      p.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
+      p.sockaddr.addr = reinterpret_cast<const sockaddr*>(&addr);
+      p.sockaddr.addrlen = addr_len;
+      p.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+      p.err_handler.cb = &Impl::OnEpError;
+      p.err_handler.arg = this;
+      ucs_status_t s = ucp_ep_create(loop_->worker(), &p, &ep_);
+      if (s != UCS_OK) {
+        ep_ = nullptr;
+        broken_ = true;
+        return absl::UnavailableError(absl::StrCat("connecting to ", host, ":", port, ": ",
+                                                   ucs_status_string(s)));
+      }
+      // A flush completes once the endpoint is wired up (or fails if it cannot be).
+      connect_flush_ = UCS_INPROGRESS;
+      ucp_request_param_t fp{};
+      fp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+      fp.cb.send = [](void* request, ucs_status_t status, void* user_data) {
+        *static_cast<ucs_status_t*>(user_data) = status;
+      };
+      fp.user_data = &connect_flush_;
+      ucs_status_ptr_t sp = ucp_ep_flush_nbx(ep_, &fp);
+      bool timed_out = false;
+      if (sp == nullptr) {
+        connect_flush_ = UCS_OK;
+      } else if (UCS_PTR_IS_ERR(sp)) {
+        connect_flush_ = UCS_PTR_STATUS(sp);
+      } else {
+        timed_out = !loop_->ProgressUntil(
+            [&] { return connect_flush_ != UCS_INPROGRESS || broken_; }, timeout);
+        if (connect_flush_ == UCS_INPROGRESS) CloseEndpoint(/*force=*/true);  // completes it
+        ucp_request_free(sp);
+      }
+      if (timed_out) {
+        CloseEndpoint(/*force=*/true);
+        broken_ = true;
+        return absl::DeadlineExceededError(absl::StrCat(
+            "connecting to ", host, ":", port, ": no answer in ", absl::FormatDuration(timeout)));
+      }
+      if (connect_flush_ != UCS_OK || broken_) {
+        ucs_status_t why = ep_error_ != UCS_OK ? ep_error_ : connect_flush_;
+        CloseEndpoint(/*force=*/true);
+        broken_ = true;
+        return absl::UnavailableError(absl::StrCat("connecting to ", host, ":", port, ": ",
+                                                   ucs_status_string(why)));
+      }
+      return absl::OkStatus();
+    });
+  }
+
+  void Close() {
+    absl::MutexLock lock(&close_mu_);
+    if (loop_ == nullptr) return;
+    (void)loop_->Call([this]() -> absl::Status {
+      broken_ = true;
+      FailAll(absl::UnavailableError("UCX connection closed"));
+      CloseEndpoint(/*force=*/false);
+      return absl::OkStatus();
+    });
+    loop_->Stop();
+    loop_.reset();
+  }
+
+  bool connected() const { return !broken_.load(); }
+
+  // Runs a request: builds nothing, just ships p (request_bytes set) and waits.
+  void Run(const std::shared_ptr<Pending>& p, absl::Duration timeout) {
+    if (timeout <= absl::ZeroDuration()) timeout = options_.request_timeout;
+    p->deadline = absl::Now() + timeout;
+    {
+      absl::ReaderMutexLock lock(&close_mu_);
+      if (broken_.load() || loop_ == nullptr || !loop_->Post([this, p] { Start(p); })) {
+        p->status = absl::UnavailableError("UCX connection is closed");
+        return;
+      }
+    }
+    p->done.WaitForNotification();
+  }
+
+  uint64_t NextId() { return next_id_.fetch_add(1); }
+  const std::string& token() const { return token_; }
+  const UcxConnectionOptions& options() const { return options_; }
+
+ private:
+  struct SendCtx {
+    Impl* self;
+    std::shared_ptr<Pending> p;
+  };
+  struct RecvCtx {
+    Impl* self;
+    std::shared_ptr<Pending> p;
+    uint32_t index;
+    std::vector<uint8_t> buf;
+    v1::Tier tier;
+  };
+  friend class UcxConnection;
+
+  // ---- loop thread ----
+
+  void Start(const std::shared_ptr<Pending>& p) {
+    if (broken_ || ep_ == nullptr) {
+      return Fail(p, absl::UnavailableError("UCX connection is closed"));
+    }
+    pending_[p->id] = p;
+    p->registered = true;
+    const void* header = p->request_bytes.data();
+    size_t header_len = p->request_bytes.size();
+    const void* data = p->data;
+    size_t data_len = p->data_bytes;
+    if (p->kind != Kind::kPut && p->kind != Kind::kRaw && header_len > loop_->max_am_header()) {
+      // Too big for an AM header (long chains): the request travels as the data.
+      data = header;
+      data_len = header_len;
+      header = nullptr;
+      header_len = 0;
+    }
+    auto* ctx = new SendCtx{this, p};
+    ucp_request_param_t rp{};
+    rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                      UCP_OP_ATTR_FIELD_FLAGS;
+    rp.cb.send = &Impl::OnSendDone;
+    rp.user_data = ctx;
+    rp.flags = UCP_AM_SEND_FLAG_REPLY;
+    ucs_status_ptr_t sp =
+        ucp_am_send_nbx(ep_, kRequestAmId, header, header_len, data, data_len, &rp);
+    if (sp == nullptr) {
+      delete ctx;
+      p->send_done = true;
+    } else if (UCS_PTR_IS_ERR(sp)) {
+      delete ctx;
+      p->send_done = true;
+      Fail(p, absl::UnavailableError(
+                  ucx::FromUcs(UCS_PTR_STATUS(sp), "sending UCX request").message()));
+    }  // else: OnSendDone runs when UCX no longer reads the data
+  }
+
+  static void OnSendDone(void* request, ucs_status_t status, void* user_data) {
+    auto* ctx = static_cast<SendCtx*>(user_data);
+    Impl* self = ctx->self;
+    std::shared_ptr<Pending> p = std::move(ctx->p);
+    delete ctx;
+    ucp_request_free(request);
+    p->send_done = true;
+    if (status != UCS_OK && p->status.ok()) {
+      p->status = status == UCS_ERR_CANCELED && absl::Now() >= p->deadline
+                      ? absl::DeadlineExceededError("UCX request deadline exceeded")
+                      : absl::UnavailableError(
+                            ucx::FromUcs(status, "sending UCX request").message());
+    }
+    self->MaybeComplete(p);
+  }
+
+  static void OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status) {
+    auto* self = static_cast<Impl*>(arg);
+    if (ep != self->ep_) return;
+    self->ep_error_ = status;
+    self->broken_ = true;
+    self->deferred_close_ = true;  // ucp_ep_close_nbx outside the callback
+  }
+
+  static ucs_status_t OnResponseAm(void* arg, const void* header, size_t header_length,
+                                   void* data, size_t length, const ucp_am_recv_param_t* param) {
+    auto* self = static_cast<Impl*>(arg);
+    bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+    v1::UcxResponse resp;
+    if (!resp.ParseFromArray(header, static_cast<int>(header_length))) return UCS_OK;
+    auto it = self->pending_.find(resp.request_id());
+    if (it == self->pending_.end()) return UCS_OK;  // late answer after a deadline: drop
+    std::shared_ptr<Pending> p = it->second;
+    if (p->completed || !p->status.ok()) return UCS_OK;
+    ucs_status_t ret = UCS_OK;
+    switch (p->kind) {
+      case Kind::kGet:
+        ret = self->OnGetResponse(p, resp, data, length, rndv);
+        break;
+      case Kind::kRaw:
+        p->raw.push_back(resp);
+        if (resp.last()) p->last_seen = true;
+        break;
+      default:
+        if (length > 0) {
+          p->status = absl::InternalError("UCX response carries unexpected data");
+        } else {
+          p->response = std::move(resp);
+          p->last_seen = true;
+        }
+        break;
+    }
+    self->MaybeComplete(p);
+    return ret;
+  }
+
+  ucs_status_t OnGetResponse(const std::shared_ptr<Pending>& p, v1::UcxResponse& resp,
+                             void* data, size_t length, bool rndv) {
+    if (resp.last()) p->last_seen = true;
+    if (!resp.has_get()) {
+      // A request-level answer: an error (or a protocol violation).
+      p->status = resp.code() != 0
+                      ? absl::Status(static_cast<absl::StatusCode>(resp.code()), resp.message())
+                      : absl::InternalError("UCX Get response without a block");
+      return UCS_OK;
+    }
+    const v1::GetResponse& g = resp.get();
+    uint32_t i = g.index();
+    if (i >= p->blocks.size() || p->have[i]) {
+      p->status = absl::InternalError(
+          absl::StrCat("UCX Get response for block ", i, " of ", p->blocks.size(),
+                       " is out of order or repeated"));
+      return UCS_OK;
+    }
+    p->have[i] = true;
+    UcxGetBlock& b = p->blocks[i];
+    if (!g.has_header()) {
+      if (length > 0) {
+        b.status = absl::DataLossError("UCX Get miss carries data");
+      } else if (g.has_miss() && g.miss().code() != 0) {
+        b.status = absl::Status(static_cast<absl::StatusCode>(g.miss().code()),
+                                g.miss().message());
+      }  // else: a plain miss
+      p->received++;
+      return UCS_OK;
+    }
+    if (g.header().payload_bytes() != length || length > options_.max_payload_bytes) {
+      b.status = absl::DataLossError(absl::StrCat("UCX Get block ", i, " announced ",
+                                                  g.header().payload_bytes(), " bytes but carries ",
+                                                  length));
+      p->received++;
+      return UCS_OK;  // rendezvous data is dropped
+    }
+    if (!rndv) {
+      const auto* bytes = static_cast<const uint8_t*>(data);
+      SetBlock(b, std::vector<uint8_t>(bytes, bytes + length), g.header().tier());
+      p->received++;
+      return UCS_OK;
+    }
+    auto* ctx = new RecvCtx{this, p, i, std::vector<uint8_t>(length), g.header().tier()};
+    ucp_request_param_t rp{};
+    rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    rp.cb.recv_am = &Impl::OnRecvDone;
+    rp.user_data = ctx;
+    p->receiving++;
+    ucs_status_ptr_t sp = ucp_am_recv_data_nbx(loop_->worker(), data, ctx->buf.data(),
+                                               ctx->buf.size(), &rp);
+    if (sp == nullptr) {
+      FinishRecv(ctx, UCS_OK);
+    } else if (UCS_PTR_IS_ERR(sp)) {
+      FinishRecv(ctx, UCS_PTR_STATUS(sp));
+    }
+    // UCP owns the descriptor after ucp_am_recv_data_nbx, whatever it returned.
+    return UCS_INPROGRESS;
+  }
+
+  static void OnRecvDone(void* request, ucs_status_t status, size_t length, void* user_data) {
+    auto* ctx = static_cast<RecvCtx*>(user_data);
+    Impl* self = ctx->self;
+    std::shared_ptr<Pending> p = ctx->p;
+    ucp_request_free(request);
+    self->FinishRecv(ctx, status);
+    self->MaybeComplete(p);
+  }
+
+  void FinishRecv(RecvCtx* ctx, ucs_status_t status) {
+    Pending& p = *ctx->p;
+    p.receiving--;
+    p.received++;
+    if (!p.completed) {
+      UcxGetBlock& b = p.blocks[ctx->index];
+      if (status != UCS_OK) {
+        b.status = absl::UnavailableError(
+            ucx::FromUcs(status, "receiving UCX Get block").message());
+      } else {
+        SetBlock(b, std::move(ctx->buf), ctx->tier);
+      }
+    }
+    delete ctx;
+  }
+
+  static void SetBlock(UcxGetBlock& b, std::vector<uint8_t> bytes, v1::Tier tier) {
+    absl::Status valid = kernels::ValidatePayload(bytes).status();
+    if (!valid.ok()) {
+      b.status = absl::DataLossError(
+          absl::StrCat("received block failed validation: ", valid.message()));
+      return;
+    }
+    b.payload = std::move(bytes);
+    b.tier = tier;
+  }
+
+  void Fail(const std::shared_ptr<Pending>& p, absl::Status s) {
+    if (p->status.ok()) p->status = std::move(s);
+    MaybeComplete(p);
+  }
+
+  void MaybeComplete(const std::shared_ptr<Pending>& p) {
+    if (p->completed) return;
+    // The caller's Put buffer must not be referenced once the call returns.
+    if (p->registered && !p->send_done) return;
+    if (p->status.ok()) {
+      if (!p->last_seen) return;
+      if (p->kind == Kind::kGet && (p->receiving > 0 || p->received < p->blocks.size())) {
+        if (p->receiving == 0) {
+          p->status = absl::InternalError("UCX Get answer ended before every block");
+        } else {
+          return;
+        }
+      }
+    }
+    p->completed = true;
+    if (p->registered) pending_.erase(p->id);
+    p->done.Notify();
+  }
+
+  void FailAll(const absl::Status& s) {
+    std::vector<std::shared_ptr<Pending>> all;
+    for (auto& [id, p] : pending_) all.push_back(p);
+    for (auto& p : all) Fail(p, s);
+  }
+
+  void CloseEndpoint(bool force) {
+    if (ep_ == nullptr) return;
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+    ucs_status_ptr_t sp = ucp_ep_close_nbx(ep_, &p);
+    ep_ = nullptr;
+    if (sp != nullptr && !UCS_PTR_IS_ERR(sp)) {
+      loop_->ProgressUntil([&] { return ucp_request_check_status(sp) != UCS_INPROGRESS; },
+                           absl::Seconds(1));
+      ucp_request_free(sp);
+    }
+    // Sends still pending were completed (with an error) by the close.
+    FailAll(absl::UnavailableError("UCX connection closed"));
+  }
+
+  void OnIteration() {
+    if (deferred_close_) {
+      deferred_close_ = false;
+      FailAll(absl::UnavailableError(
+          absl::StrCat("UCX connection lost: ", ucs_status_string(ep_error_))));
+      CloseEndpoint(/*force=*/true);
+      return;
+    }
+    if (pending_.empty()) return;
+    absl::Time now = absl::Now();
+    if (now < next_deadline_check_) return;
+    next_deadline_check_ = now + absl::Milliseconds(1);
+    std::vector<std::shared_ptr<Pending>> expired;
+    for (auto& [id, p] : pending_) {
+      if (now >= p->deadline) expired.push_back(p);
+    }
+    bool must_close = false;
+    for (auto& p : expired) {
+      Fail(p, absl::DeadlineExceededError("UCX request deadline exceeded"));
+      if (!p->completed) must_close = true;  // UCX still reads the caller's buffer
+    }
+    if (must_close && ep_ != nullptr) {
+      broken_ = true;
+      CloseEndpoint(/*force=*/true);
+    }
+  }
+
+  // Constant after construction.
+  const UcxConnectionOptions options_;
+  const std::string token_;
+  std::unique_ptr<ucx::UcxLoop> loop_;  // set by Connect, reset by Close
+  absl::Mutex close_mu_;
+
+  std::atomic<uint64_t> next_id_{1};
+  std::atomic<bool> broken_{false};
+
+  // Loop thread only.
+  ucp_ep_h ep_ = nullptr;
+  ucs_status_t ep_error_ = UCS_OK;
+  bool deferred_close_ = false;
+  std::unordered_map<uint64_t, std::shared_ptr<Pending>> pending_;
+  ucs_status_t connect_flush_ = UCS_OK;  // written by the flush callback of Connect
+  absl::Time next_deadline_check_ = absl::InfinitePast();
+};
+
+UcxConnection::UcxConnection(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+UcxConnection::~UcxConnection() { Close(); }
+
+void UcxConnection::Close() { impl_->Close(); }
+
+bool UcxConnection::connected() const { return impl_->connected(); }
+
+absl::StatusOr<std::unique_ptr<UcxConnection>> UcxConnection::Connect(
+    const std::string& host, uint16_t port, std::string session_token, absl::Duration timeout,
+    const UcxConnectionOptions& options) {
+  auto impl = std::make_shared<Impl>(options, std::move(session_token));
+  absl::Status s = impl->Connect(host, port, timeout);
+  if (!s.ok()) {
+    impl->Close();
+    return s;
+  }
+  return std::unique_ptr<UcxConnection>(new UcxConnection(std::move(impl)));
+}
+
+namespace {
+
+void FillChain(google::protobuf::RepeatedPtrField<std::string>* out,
+               absl::Span<const kernels::ChainHash> chain) {
+  out->Reserve(static_cast<int>(chain.size()));
+  for (const kernels::ChainHash& h : chain) {
+    out->Add(std::string(reinterpret_cast<const char*>(h.data()), h.size()));
+  }
+}
+
+absl::Status ResponseStatus(const v1::UcxResponse& r) {
+  if (r.code() == 0) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(r.code()), r.message());
+}
+
+}  // namespace
+
+absl::StatusOr<uint32_t> UcxConnection::Lookup(absl::string_view ns, uint32_t part,
+                                               absl::Span<const kernels::ChainHash> chain,
+                                               uint32_t block_tokens, absl::Duration timeout) {
+  auto p = std::make_shared<Impl::Pending>();
+  p->id = impl_->NextId();
+  p->kind = Kind::kLookup;
+  v1::UcxRequest r;
+  r.set_session_token(impl_->token());
+  r.set_request_id(p->id);
+  v1::LookupRequest* l = r.mutable_lookup();
+  l->set_namespace_(std::string(ns));
+  l->set_part(part);
+  l->set_block_tokens(block_tokens);
+  FillChain(l->mutable_chain_hashes(), chain);
+  p->request_bytes = r.SerializeAsString();
+  impl_->Run(p, timeout);
+  KVTIER_RETURN_IF_ERROR(p->status);
+  KVTIER_RETURN_IF_ERROR(ResponseStatus(p->response));
+  if (!p->response.has_lookup()) return absl::InternalError("UCX Lookup answer without result");
+  return p->response.lookup().num_present();
+}
+
+absl::StatusOr<v1::PutResponse::Outcome> UcxConnection::Put(absl::string_view ns,
+                                                            const kernels::ChainHash& chain_hash,
+                                                            uint32_t part, const uint8_t* payload,
+                                                            size_t n, absl::Duration timeout) {
+  auto p = std::make_shared<Impl::Pending>();
+  p->id = impl_->NextId();
+  p->kind = Kind::kPut;
+  v1::UcxRequest r;
+  r.set_session_token(impl_->token());
+  r.set_request_id(p->id);
+  v1::PutBlockHeader* h = r.mutable_put();
+  h->mutable_key()->set_namespace_(std::string(ns));
+  h->mutable_key()->set_chain_hash(
+      std::string(reinterpret_cast<const char*>(chain_hash.data()), chain_hash.size()));
+  h->mutable_key()->set_part(part);
+  h->set_payload_bytes(n);
+  p->request_bytes = r.SerializeAsString();
+  p->data = payload;
+  p->data_bytes = n;
+  impl_->Run(p, timeout);
+  KVTIER_RETURN_IF_ERROR(p->status);
+  KVTIER_RETURN_IF_ERROR(ResponseStatus(p->response));
+  if (!p->response.has_put() || p->response.put().outcomes_size() != 1) {
+    return absl::InternalError("UCX Put answer without one outcome");
+  }
+  return p->response.put().outcomes(0);
+}
+
+absl::StatusOr<std::vector<UcxGetBlock>> UcxConnection::Get(
+    absl::string_view ns, uint32_t part, absl::Span<const kernels::ChainHash> chain,
+    absl::Duration timeout) {
+  auto p = std::make_shared<Impl::Pending>();
+  p->id = impl_->NextId();
+  p->kind = Kind::kGet;
+  p->blocks.resize(chain.size());
+  p->have.assign(chain.size(), false);
+  v1::UcxRequest r;
+  r.set_session_token(impl_->token());
+  r.set_request_id(p->id);
+  v1::GetRequest* g = r.mutable_get();
+  g->set_namespace_(std::string(ns));
+  g->set_part(part);
+  FillChain(g->mutable_chain_hashes(), chain);
+  p->request_bytes = r.SerializeAsString();
+  impl_->Run(p, timeout);
+  KVTIER_RETURN_IF_ERROR(p->status);
+  return std::move(p->blocks);
+}
+
+absl::StatusOr<uint32_t> UcxConnection::Delete(absl::string_view ns, uint32_t part,
+                                               absl::Span<const kernels::ChainHash> chain,
+                                               absl::Duration timeout) {
+  auto p = std::make_shared<Impl::Pending>();
+  p->id = impl_->NextId();
+  p->kind = Kind::kDelete;
+  v1::UcxRequest r;
+  r.set_session_token(impl_->token());
+  r.set_request_id(p->id);
+  v1::DeleteRequest* d = r.mutable_delete_();
+  d->set_namespace_(std::string(ns));
+  d->set_part(part);
+  FillChain(d->mutable_chain_hashes(), chain);
+  p->request_bytes = r.SerializeAsString();
+  impl_->Run(p, timeout);
+  KVTIER_RETURN_IF_ERROR(p->status);
+  KVTIER_RETURN_IF_ERROR(ResponseStatus(p->response));
+  if (!p->response.has_delete_()) return absl::InternalError("UCX Delete answer without result");
+  return p->response.delete_().deleted();
+}
+
+absl::StatusOr<std::vector<v1::UcxResponse>> UcxConnection::RawRequestForTesting(
+    std::string header, uint64_t request_id, const uint8_t* data, size_t n,
+    absl::Duration timeout) {
+  auto p = std::make_shared<Impl::Pending>();
+  p->id = request_id;
+  p->kind = Kind::kRaw;
+  p->request_bytes = std::move(header);
+  p->data = data;
+  p->data_bytes = n;
+  impl_->Run(p, timeout);
+  KVTIER_RETURN_IF_ERROR(p->status);
+  return std::move(p->raw);
+}
+
+}  // namespace kvtier::client

@@ -1,0 +1,147 @@
+// UcxDataPlane: the UCX data plane of kvtier-server (DESIGN.md §6, docs/ucx.md).
+//
+// A UCP listener on its own port accepts client endpoints; requests and responses are
+// active messages whose headers are serialized kvtier.v1.UcxRequest / UcxResponse
+// (proto/kvtier/v1/kvtier.proto). Put payloads and Get hits travel as the AM data, eager
+// or rendezvous as UCX chooses. Every request is validated like a gRPC request before it
+// touches the store.
+//
+//   UcxDataPlaneOptions o;
+//   o.port = 50052;
+//   UcxHooks hooks;
+//   hooks.authorize = [&](absl::string_view token, absl::string_view ns, bool write) {
+//     return sessions.Authorize(token, ns, write);
+//   };
+//   KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<UcxDataPlane> ucx,
+//                           UcxDataPlane::Start(o, store.get(), std::move(hooks)));
+//   ...
+//   ucx->Stop();  // on SIGTERM, before the store is flushed and destroyed
+//
+// Threading: one loop thread owns the UCX worker; it receives requests, calls the store
+// (synchronously) and sends the responses. The hooks run on that thread and must not
+// block for long. Start, port and Stop are safe from any thread.
+#ifndef KVTIER_SERVICE_UCX_UCX_SERVER_H_
+#define KVTIER_SERVICE_UCX_UCX_SERVER_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "common/ucx/ucx_loop.h"
+#include "kernels/payload.h"
+#include "storage/tiered_store.h"
+
+namespace kvtier::service {
+
+// Callbacks into the rest of the server. Each may be empty. All run on the loop thread.
+struct UcxHooks {
+  // Checks a session token's right to read (write=false) or write namespace `ns`; returns
+  // OK, kUnauthenticated (unknown or expired token) or kPermissionDenied. Empty: every
+  // non-empty token may read and write everything (a request without a token is always
+  // kUnauthenticated).
+  std::function<absl::Status(absl::string_view session_token, absl::string_view ns,
+                             bool write)>
+      authorize;
+  // Called once per finished request, when its last response has been sent (or failed):
+  // method is "Lookup", "Put", "Get", "Delete" or "Unknown" (unparsable request); bytes
+  // are payload bytes received (Put) and sent (Get).
+  std::function<void(absl::string_view method, absl::StatusCode code, double seconds,
+                     uint64_t bytes_in, uint64_t bytes_out)>
+      on_request;
+  // Called for every validated Lookup: requested blocks, leading blocks present and the
+  // request's block_tokens (0 when the client did not say), for hit-rate metrics.
+  std::function<void(absl::string_view ns, uint32_t requested, uint32_t present,
+                     uint32_t block_tokens)>
+      on_lookup;
+  // Called for every Put block that reached validation: result is "stored",
+  // "deduplicated" or "rejected" (the kvtier_put_blocks_total labels).
+  std::function<void(absl::string_view ns, absl::string_view result)> on_put_block;
+  // Called for every Get block: tier is "memory", "disk" or "none", result is "hit",
+  // "miss" or "error" (the kvtier_get_blocks_total labels).
+  std::function<void(absl::string_view tier, absl::string_view result)> on_get_block;
+};
+
+struct UcxDataPlaneOptions {
+  // IP address the listener binds (IPv4 or IPv6 literal). Default: "0.0.0.0".
+  std::string listen_address = "0.0.0.0";
+  // Listener port; 0 picks a free one (read it back with port()). Default: 0.
+  uint16_t port = 0;
+  // Most chain hashes per Lookup, Get or Delete; more is kInvalidArgument. Default: 4096.
+  size_t max_chain_length = 4096;
+  // Largest Put payload in bytes; larger is kInvalidArgument. Default: 1 GiB
+  // (kernels::kMaxPayloadBytes, the validator's own limit).
+  uint64_t max_payload_bytes = kernels::kMaxPayloadBytes;
+  // Largest request carried in the AM data instead of the header (long chains exceed the
+  // transport's AM header limit, about 8 KiB on TCP). Default: 1 MiB.
+  size_t max_request_bytes = size_t{1} << 20;
+  // Put payload bytes received concurrently over rendezvous; further puts wait (their
+  // senders see backpressure, not errors) until earlier ones are stored. A single put
+  // larger than this is still received alone. Default: 1 GiB.
+  uint64_t max_inflight_put_bytes = uint64_t{1} << 30;
+  // Time Stop gives requests already received to finish before endpoints are closed.
+  // Default: 20 s.
+  absl::Duration drain_timeout = absl::Seconds(20);
+  // The loop thread and UCX configuration (e.g. loop.ucx_config = {{"TLS", "tcp"}}; the
+  // UCX_* environment applies too). Default: UcxLoopOptions defaults, thread name
+  // "kvtier-ucx-srv".
+  ucx::UcxLoopOptions loop = DefaultLoopOptions();
+
+  static ucx::UcxLoopOptions DefaultLoopOptions() {
+    ucx::UcxLoopOptions o;
+    o.name = "kvtier-ucx-srv";
+    return o;
+  }
+};
+
+// Counters since Start (for tests and debugging; metrics go through UcxHooks).
+struct UcxDataPlaneStats {
+  uint64_t connections_accepted = 0;
+  uint64_t requests = 0;                // request AMs received
+  uint64_t rendezvous_receives = 0;     // request data pulled with ucp_am_recv_data_nbx
+  uint64_t rejected_before_receive = 0; // rendezvous data dropped because the header failed
+};
+
+// Thread-safe: see the file comment.
+class UcxDataPlane {
+ public:
+  // Starts the loop thread and the listener. `store` is borrowed and must outlive the
+  // data plane (Stop or destruction). Errors: kInvalidArgument for a bad listen address or
+  // option, kUnavailable when the port cannot be bound, other UCX errors as mapped by
+  // common/ucx/ucx_status.h.
+  static absl::StatusOr<std::unique_ptr<UcxDataPlane>> Start(
+      const UcxDataPlaneOptions& options, storage::TieredStore* store, UcxHooks hooks);
+
+  UcxDataPlane(const UcxDataPlane&) = delete;
+  UcxDataPlane& operator=(const UcxDataPlane&) = delete;
+  ~UcxDataPlane();  // Stop()
+
+  // The bound listener port.
+  uint16_t port() const { return port_; }
+
+  // Stops accepting connections; requests that arrive from now on get kUnavailable;
+  // requests already received finish (up to options.drain_timeout); then every endpoint is
+  // closed and the loop thread ends. Idempotent; blocks until done.
+  void Stop();
+
+  // Requests received but not finished (for tests and the /readyz drain). Any thread.
+  size_t inflight_requests() const;
+
+  UcxDataPlaneStats stats() const;
+
+ private:
+  class Impl;
+  explicit UcxDataPlane(std::unique_ptr<Impl> impl);
+
+  std::unique_ptr<Impl> impl_;
+  uint16_t port_ = 0;
+};
+
+}  // namespace kvtier::service
+
+#endif  // KVTIER_SERVICE_UCX_UCX_SERVER_H_

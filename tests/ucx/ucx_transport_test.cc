@@ -1,0 +1,584 @@
+// The UCX data plane end to end on loopback: UcxConnection <-> UcxDataPlane over a real
+// TieredStore (RAM tier). Transports: $KVTIER_UCX_TEST_TLS (default "tcp").
+#include <array>
+#include <atomic>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "client/ucx/ucx_client.h"
+#include "gtest/gtest.h"
+#include "service/ucx/ucx_server.h"
+#include "storage/testing.h"
+#include "tests/ucx/ucx_test_util.h"
+
+namespace kvtier {
+namespace {
+
+using client::UcxConnection;
+using client::UcxConnectionOptions;
+using client::UcxGetBlock;
+using kernels::ChainHash;
+using service::UcxDataPlane;
+using service::UcxDataPlaneOptions;
+using storage::Payload;
+
+constexpr char kNs[] = "tenant/llama-8b/k4v2_g128/tp1";
+constexpr char kWriter[] = "writer-token";  // rw on tenant/
+constexpr char kReader[] = "reader-token";  // r on everything
+
+struct Finished {
+  std::string method;
+  absl::StatusCode code;
+  uint64_t bytes_in;
+  uint64_t bytes_out;
+};
+
+class UcxTransportTest : public ::testing::Test {
+ protected:
+  void SetUp() override { StartServer(UcxDataPlaneOptions()); }
+
+  void StartServer(UcxDataPlaneOptions o) {
+    storage::TieredStoreOptions so;
+    so.memory_capacity_bytes = uint64_t{1} << 30;
+    auto store = storage::TieredStore::Open(so);
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+    service::UcxHooks hooks;
+    hooks.authorize = [this](absl::string_view token, absl::string_view ns,
+                             bool write) -> absl::Status {
+      absl::Duration stall;
+      {
+        absl::MutexLock lock(&mu_);
+        stall = authorize_stall_;
+      }
+      if (stall > absl::ZeroDuration()) absl::SleepFor(stall);
+      if (token == kReader) {
+        return write ? absl::PermissionDeniedError("reader-token may not write")
+                     : absl::OkStatus();
+      }
+      if (token == kWriter) {
+        return absl::StartsWith(ns, "tenant/")
+                   ? absl::OkStatus()
+                   : absl::PermissionDeniedError("writer-token may only use tenant/");
+      }
+      return absl::UnauthenticatedError("unknown session token");
+    };
+    hooks.on_request = [this](absl::string_view method, absl::StatusCode code, double seconds,
+                              uint64_t in, uint64_t out) {
+      absl::MutexLock lock(&mu_);
+      finished_.push_back({std::string(method), code, in, out});
+    };
+    hooks.on_lookup = [this](absl::string_view ns, uint32_t requested, uint32_t present,
+                             uint32_t block_tokens) {
+      absl::MutexLock lock(&mu_);
+      lookups_.push_back({requested, present, block_tokens});
+    };
+    hooks.on_put_block = [this](absl::string_view ns, absl::string_view result) {
+      absl::MutexLock lock(&mu_);
+      put_results_[std::string(result)]++;
+    };
+    hooks.on_get_block = [this](absl::string_view tier, absl::string_view result) {
+      absl::MutexLock lock(&mu_);
+      get_results_[absl::StrCat(tier, "/", result)]++;
+    };
+    o.listen_address = "127.0.0.1";
+    o.drain_timeout = absl::Seconds(10);
+    o.loop = ucx_test::LoopOptions("ucx-test-srv");
+    auto server = UcxDataPlane::Start(o, store_.get(), std::move(hooks));
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    ASSERT_NE(server_->port(), 0);
+  }
+
+  void TearDown() override {
+    if (server_) server_->Stop();
+  }
+
+  std::unique_ptr<UcxConnection> Connect(std::string token = kWriter,
+                                         absl::Duration request_timeout = absl::Seconds(20)) {
+    UcxConnectionOptions o;
+    o.loop = ucx_test::LoopOptions("ucx-test-cli");
+    o.request_timeout = request_timeout;
+    auto c = UcxConnection::Connect("127.0.0.1", server_->port(), std::move(token),
+                                    absl::Seconds(10), o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? std::move(*c) : nullptr;
+  }
+
+  std::vector<Finished> finished() {
+    absl::MutexLock lock(&mu_);
+    return finished_;
+  }
+
+  absl::Mutex mu_;
+  absl::Duration authorize_stall_ ABSL_GUARDED_BY(mu_) = absl::ZeroDuration();
+  std::vector<Finished> finished_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::array<uint32_t, 3>> lookups_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> put_results_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> get_results_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<storage::TieredStore> store_;
+  std::unique_ptr<UcxDataPlane> server_;
+};
+
+ChainHash H(uint64_t i) { return storage::testing::Hash(i); }
+
+std::string HashBytes(const ChainHash& h) {
+  return std::string(reinterpret_cast<const char*>(h.data()), h.size());
+}
+
+std::string PutHeader(const std::string& token, uint64_t id, const std::string& ns,
+                      const std::string& hash, uint64_t payload_bytes) {
+  v1::UcxRequest r;
+  r.set_session_token(token);
+  r.set_request_id(id);
+  r.mutable_put()->mutable_key()->set_namespace_(ns);
+  r.mutable_put()->mutable_key()->set_chain_hash(hash);
+  r.mutable_put()->set_payload_bytes(payload_bytes);
+  return r.SerializeAsString();
+}
+
+TEST_F(UcxTransportTest, PutGetRoundTripOfLargePayloads) {
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  const size_t sizes[] = {256 << 10, 1 << 20, 4 << 20, 16 << 20};
+  std::vector<Payload> payloads;
+  std::vector<ChainHash> chain;
+  for (size_t i = 0; i < 4; ++i) {
+    payloads.push_back(ucx_test::PayloadOfAtLeast(100 + i, sizes[i]));
+    chain.push_back(H(i));
+    auto outcome = c->Put(kNs, chain[i], 1, payloads[i]->data(), payloads[i]->size());
+    ASSERT_TRUE(outcome.ok()) << outcome.status();
+    EXPECT_EQ(*outcome, v1::PutResponse::STORED);
+  }
+  auto got = c->Get(kNs, 1, chain);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    const UcxGetBlock& b = (*got)[i];
+    ASSERT_TRUE(b.status.ok()) << b.status;
+    ASSERT_TRUE(b.payload.has_value()) << i;
+    EXPECT_EQ(*b.payload, *payloads[i]) << "block " << i << " of " << payloads[i]->size();
+    EXPECT_EQ(b.tier, v1::TIER_MEMORY);
+  }
+  // The large payloads went over rendezvous (pulled by the server into its own buffer).
+  EXPECT_GE(server_->stats().rendezvous_receives, 2u);
+  // The same bytes again: deduplicated, not stored twice.
+  auto again = c->Put(kNs, chain[3], 1, payloads[3]->data(), payloads[3]->size());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*again, v1::PutResponse::DEDUPLICATED);
+  EXPECT_EQ(store_->Stats().puts_deduplicated, 1u);
+  // Another part is another key.
+  auto other_part = c->Get(kNs, 2, chain);
+  ASSERT_TRUE(other_part.ok());
+  for (const UcxGetBlock& b : *other_part) {
+    EXPECT_TRUE(b.status.ok());
+    EXPECT_FALSE(b.payload.has_value());
+  }
+
+  uint64_t put_in = 0, get_out = 0;
+  for (const Finished& f : finished()) {
+    EXPECT_EQ(f.code, absl::StatusCode::kOk) << f.method;
+    if (f.method == "Put") put_in += f.bytes_in;
+    if (f.method == "Get") get_out += f.bytes_out;
+  }
+  size_t total = 0;
+  for (const Payload& p : payloads) total += p->size();
+  EXPECT_EQ(put_in, total + payloads[3]->size());
+  EXPECT_EQ(get_out, total);
+}
+
+TEST_F(UcxTransportTest, LookupCountsTheLeadingPrefixOnly) {
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  std::vector<ChainHash> chain;
+  for (int i = 0; i < 6; ++i) chain.push_back(H(1000 + i));
+  for (int i : {0, 1, 2, 4}) {
+    Payload p = storage::testing::RandomPayload(i + 1);
+    ASSERT_TRUE(c->Put(kNs, chain[i], 0, p->data(), p->size()).ok());
+  }
+  auto n = c->Lookup(kNs, 0, chain, /*block_tokens=*/128);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 3u);
+  std::vector<ChainHash> from_miss(chain.begin() + 3, chain.end());
+  n = c->Lookup(kNs, 0, from_miss);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 0u);
+  n = c->Lookup("tenant/other", 0, chain);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 0u);
+  absl::MutexLock lock(&mu_);
+  ASSERT_EQ(lookups_.size(), 3u);
+  EXPECT_EQ(lookups_[0], (std::array<uint32_t, 3>{6, 3, 128}));
+  EXPECT_EQ(lookups_[1], (std::array<uint32_t, 3>{3, 0, 0}));
+  EXPECT_EQ(put_results_["stored"], 4);
+}
+
+TEST_F(UcxTransportTest, GetAnswersHitsAndMissesInOrder) {
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  Payload a = storage::testing::RandomPayload(7, 3);
+  Payload b = storage::testing::RandomPayload(8, 2);
+  ASSERT_TRUE(c->Put(kNs, H(1), 0, a->data(), a->size()).ok());
+  ASSERT_TRUE(c->Put(kNs, H(3), 0, b->data(), b->size()).ok());
+  auto got = c->Get(kNs, 0, {H(1), H(2), H(3), H(4)});
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), 4u);
+  EXPECT_EQ((*got)[0].payload, *a);
+  EXPECT_TRUE((*got)[1].status.ok());
+  EXPECT_FALSE((*got)[1].payload.has_value());
+  EXPECT_EQ((*got)[2].payload, *b);
+  EXPECT_FALSE((*got)[3].payload.has_value());
+  absl::MutexLock lock(&mu_);
+  EXPECT_EQ(get_results_["memory/hit"], 2);
+  EXPECT_EQ(get_results_["none/miss"], 2);
+}
+
+TEST_F(UcxTransportTest, PutMemoryBudgetQueuesRendezvousPutsInsteadOfFailing) {
+  server_->Stop();
+  UcxDataPlaneOptions o;
+  o.max_inflight_put_bytes = 1 << 20;  // smaller than one payload: one at a time
+  StartServer(o);
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  std::vector<Payload> payloads;
+  for (int i = 0; i < 6; ++i) payloads.push_back(ucx_test::PayloadOfAtLeast(60 + i, 2 << 20));
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 6; ++i) {
+    threads.emplace_back([&, i] {
+      if (c->Put(kNs, H(i), 0, payloads[i]->data(), payloads[i]->size()).ok()) ok++;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 6);
+  std::vector<ChainHash> chain;
+  for (int i = 0; i < 6; ++i) chain.push_back(H(i));
+  auto got = c->Get(kNs, 0, chain);
+  ASSERT_TRUE(got.ok()) << got.status();
+  for (int i = 0; i < 6; ++i) EXPECT_EQ((*got)[i].payload, *payloads[i]);
+}
+
+TEST_F(UcxTransportTest, DeleteRemovesBlocks) {
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  for (int i = 0; i < 3; ++i) {
+    Payload p = storage::testing::RandomPayload(50 + i);
+    ASSERT_TRUE(c->Put(kNs, H(i), 0, p->data(), p->size()).ok());
+  }
+  auto deleted = c->Delete(kNs, 0, {H(0), H(1), H(9)});
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(*deleted, 2u);
+  auto n = c->Lookup(kNs, 0, {H(0), H(1), H(2)});
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 0u);
+  auto got = c->Get(kNs, 0, {H(2)});
+  ASSERT_TRUE(got.ok());
+  EXPECT_TRUE((*got)[0].payload.has_value());
+  // A reader may not delete.
+  auto r = Connect(kReader);
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(r->Delete(kNs, 0, {H(2)}).status().code(), absl::StatusCode::kPermissionDenied);
+}
+
+TEST_F(UcxTransportTest, TokensAreCheckedAndNothingIsStoredWithoutRights) {
+  Payload p = ucx_test::PayloadOfAtLeast(5, 1 << 20);  // rendezvous-sized
+  auto stranger = Connect("no-such-token");
+  ASSERT_NE(stranger, nullptr);
+  EXPECT_EQ(stranger->Put(kNs, H(1), 0, p->data(), p->size()).status().code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(stranger->Lookup(kNs, 0, {H(1)}).status().code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(stranger->Get(kNs, 0, {H(1)}).status().code(), absl::StatusCode::kUnauthenticated);
+
+  auto reader = Connect(kReader);
+  ASSERT_NE(reader, nullptr);
+  auto denied = reader->Put(kNs, H(1), 0, p->data(), p->size());
+  EXPECT_EQ(denied.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(denied.status().message(), "reader-token may not write");
+
+  auto writer = Connect(kWriter);
+  ASSERT_NE(writer, nullptr);
+  EXPECT_EQ(writer->Put("other/ns", H(1), 0, p->data(), p->size()).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(store_->Stats().memory.blocks, 0u);
+
+  // A request without any token (the client refuses to connect with an empty one, so send
+  // it raw).
+  v1::UcxRequest r;
+  r.set_request_id(77);
+  r.mutable_lookup()->set_namespace_(kNs);
+  r.mutable_lookup()->add_chain_hashes(HashBytes(H(1)));
+  auto resp = writer->RawRequestForTesting(r.SerializeAsString(), 77, nullptr, 0,
+                                           absl::Seconds(10));
+  ASSERT_TRUE(resp.ok()) << resp.status();
+  ASSERT_EQ(resp->size(), 1u);
+  EXPECT_EQ((*resp)[0].code(), static_cast<int>(absl::StatusCode::kUnauthenticated));
+  EXPECT_TRUE((*resp)[0].last());
+  EXPECT_EQ(UcxConnection::Connect("127.0.0.1", server_->port(), "", absl::Seconds(1))
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(UcxTransportTest, MalformedRequestsAreInvalidArgumentAndServerKeepsServing) {
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  // Not a protobuf at all: answered with request_id 0.
+  auto resp = c->RawRequestForTesting(std::string("\xff\xff\xff\xff garbage", 12), 0, nullptr,
+                                      0, absl::Seconds(10));
+  ASSERT_TRUE(resp.ok()) << resp.status();
+  ASSERT_EQ(resp->size(), 1u);
+  EXPECT_EQ((*resp)[0].code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ((*resp)[0].message(), "malformed UcxRequest header");
+
+  // No operation.
+  v1::UcxRequest empty;
+  empty.set_session_token(kWriter);
+  empty.set_request_id(5);
+  resp = c->RawRequestForTesting(empty.SerializeAsString(), 5, nullptr, 0, absl::Seconds(10));
+  ASSERT_TRUE(resp.ok());
+  EXPECT_EQ((*resp)[0].code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+
+  // Bad namespaces, hashes and chains.
+  for (const std::string& ns :
+       {std::string(""), std::string("tenant/../x"), std::string("tenant/sp ace"),
+        std::string("tenant/") + std::string(300, 'a')}) {
+    EXPECT_EQ(c->Lookup(ns, 0, {H(1)}).status().code(), absl::StatusCode::kInvalidArgument)
+        << ns;
+  }
+  v1::UcxRequest short_hash;
+  short_hash.set_session_token(kWriter);
+  short_hash.set_request_id(6);
+  short_hash.mutable_get()->set_namespace_(kNs);
+  short_hash.mutable_get()->add_chain_hashes(std::string(31, 'x'));
+  resp = c->RawRequestForTesting(short_hash.SerializeAsString(), 6, nullptr, 0,
+                                 absl::Seconds(10));
+  ASSERT_TRUE(resp.ok());
+  EXPECT_EQ((*resp)[0].code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ((*resp)[0].message(), "chain hash 0 is 31 bytes; it must be 32");
+  EXPECT_EQ(c->Get(kNs, 0, {}).status().code(), absl::StatusCode::kInvalidArgument);
+
+  // Data attached to a Lookup.
+  uint8_t junk[16] = {1, 2, 3};
+  v1::UcxRequest lookup;
+  lookup.set_session_token(kWriter);
+  lookup.set_request_id(8);
+  lookup.mutable_lookup()->set_namespace_(kNs);
+  lookup.mutable_lookup()->add_chain_hashes(HashBytes(H(1)));
+  resp = c->RawRequestForTesting(lookup.SerializeAsString(), 8, junk, sizeof(junk),
+                                 absl::Seconds(10));
+  ASSERT_TRUE(resp.ok());
+  EXPECT_EQ((*resp)[0].code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+
+  // Still serving.
+  Payload p = storage::testing::RandomPayload(3);
+  EXPECT_TRUE(c->Put(kNs, H(1), 0, p->data(), p->size()).ok());
+  EXPECT_EQ(*c->Lookup(kNs, 0, {H(1)}), 1u);
+}
+
+TEST_F(UcxTransportTest, ChainLengthLimitAndLongChainsAsData) {
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  std::vector<ChainHash> chain;
+  for (int i = 0; i < 4096; ++i) chain.push_back(H(i));  // ~140 KiB: beyond the AM header
+  Payload p = storage::testing::RandomPayload(11);
+  ASSERT_TRUE(c->Put(kNs, chain[0], 0, p->data(), p->size()).ok());
+  ASSERT_TRUE(c->Put(kNs, chain[1], 0, p->data(), p->size()).ok());
+  auto n = c->Lookup(kNs, 0, chain);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 2u);
+  auto got = c->Get(kNs, 0, chain);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), 4096u);
+  EXPECT_EQ((*got)[1].payload, *p);
+  EXPECT_FALSE((*got)[4095].payload.has_value());
+  chain.push_back(H(5000));
+  auto too_long = c->Lookup(kNs, 0, chain);
+  EXPECT_EQ(too_long.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(too_long.status().message(), "chain has 4097 hashes; the limit is 4096");
+}
+
+TEST_F(UcxTransportTest, WrongPayloadSizeIsRejectedAndNothingStored) {
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  for (size_t size : {size_t{8} << 10, size_t{4} << 20}) {  // eager and rendezvous
+    Payload p = ucx_test::PayloadOfAtLeast(21, size);
+    for (uint64_t claimed : {p->size() + 1, p->size() - 1}) {
+      auto resp = c->RawRequestForTesting(PutHeader(kWriter, 9, kNs, HashBytes(H(2)), claimed),
+                                          9, p->data(), p->size(), absl::Seconds(10));
+      ASSERT_TRUE(resp.ok()) << resp.status();
+      ASSERT_EQ(resp->size(), 1u);
+      EXPECT_EQ((*resp)[0].code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+      EXPECT_EQ((*resp)[0].message(), absl::StrCat("put header says ", claimed,
+                                                   " payload bytes but ", p->size(),
+                                                   " arrived"));
+    }
+    // A payload whose own header disagrees with its length.
+    std::vector<uint8_t> cut(p->begin(), p->end() - 8);
+    auto cut_put = c->Put(kNs, H(2), 0, cut.data(), cut.size());
+    EXPECT_EQ(cut_put.status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ(*c->Lookup(kNs, 0, {H(2)}), 0u);
+  EXPECT_EQ(store_->Stats().memory.blocks, 0u);
+  // The 4 MiB rejects were dropped without pulling their data.
+  EXPECT_GE(server_->stats().rejected_before_receive, 2u);
+  Payload ok = ucx_test::PayloadOfAtLeast(22, 4 << 20);
+  EXPECT_TRUE(c->Put(kNs, H(2), 0, ok->data(), ok->size()).ok());
+}
+
+TEST_F(UcxTransportTest, ChecksumCorruptionIsDataLossAndNothingStored) {
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  for (size_t size : {size_t{8} << 10, size_t{2} << 20}) {
+    Payload p = ucx_test::PayloadOfAtLeast(31, size);
+    std::vector<uint8_t> bad(*p);
+    bad[bad.size() / 2] ^= 0x40;  // one bit of the body
+    auto r = c->Put(kNs, H(3), 0, bad.data(), bad.size());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << size;
+    std::vector<uint8_t> bad_header(*p);
+    bad_header[30] ^= 0x01;  // a size field: header checksum no longer matches
+    r = c->Put(kNs, H(3), 0, bad_header.data(), bad_header.size());
+    EXPECT_TRUE(r.status().code() == absl::StatusCode::kDataLoss ||
+                r.status().code() == absl::StatusCode::kInvalidArgument)
+        << r.status();
+  }
+  EXPECT_EQ(*c->Lookup(kNs, 0, {H(3)}), 0u);
+  EXPECT_EQ(store_->Stats().memory.blocks, 0u);
+  int data_loss = 0;
+  for (const Finished& f : finished()) {
+    if (f.method == "Put" && f.code == absl::StatusCode::kDataLoss) data_loss++;
+  }
+  EXPECT_GE(data_loss, 2);
+}
+
+TEST_F(UcxTransportTest, RequestWithoutAnswerInTimeIsDeadlineExceeded) {
+  auto c = Connect(kWriter, absl::Seconds(10));
+  ASSERT_NE(c, nullptr);
+  {
+    absl::MutexLock lock(&mu_);
+    authorize_stall_ = absl::Milliseconds(400);  // blocks the server's loop thread
+  }
+  absl::Time start = absl::Now();
+  auto n = c->Lookup(kNs, 0, {H(1)}, 0, absl::Milliseconds(100));
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(350));
+  {
+    absl::MutexLock lock(&mu_);
+    authorize_stall_ = absl::ZeroDuration();
+  }
+  // The late answer is dropped; the connection keeps working.
+  absl::SleepFor(absl::Milliseconds(400));
+  n = c->Lookup(kNs, 0, {H(1)});
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 0u);
+}
+
+TEST_F(UcxTransportTest, StopDrainsInFlightRequestsThenClientsSeeUnavailable) {
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  std::vector<Payload> payloads;
+  std::vector<ChainHash> chain;
+  for (int i = 0; i < 8; ++i) {
+    payloads.push_back(ucx_test::PayloadOfAtLeast(40 + i, 4 << 20));
+    chain.push_back(H(i));
+    ASSERT_TRUE(c->Put(kNs, chain[i], 0, payloads[i]->data(), payloads[i]->size()).ok());
+  }
+  absl::StatusOr<std::vector<UcxGetBlock>> got;
+  std::thread getter([&] { got = c->Get(kNs, 0, chain); });
+  absl::SleepFor(absl::Milliseconds(2));
+  server_->Stop();
+  getter.join();
+  // Either the Get was received before Stop (drained: every block correct) or it was not
+  // (UNAVAILABLE); never wrong bytes.
+  if (got.ok()) {
+    for (int i = 0; i < 8; ++i) {
+      if ((*got)[i].payload.has_value()) {
+        EXPECT_EQ(*(*got)[i].payload, *payloads[i]);
+      }
+    }
+  } else {
+    EXPECT_EQ(got.status().code(), absl::StatusCode::kUnavailable) << got.status();
+  }
+  EXPECT_EQ(server_->inflight_requests(), 0u);
+  // The server closed the endpoint: later calls fail fast.
+  absl::Time start = absl::Now();
+  auto n = c->Lookup(kNs, 0, chain);
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kUnavailable) << n.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_FALSE(c->connected());
+}
+
+TEST_F(UcxTransportTest, ConnectToClosedPortIsUnavailable) {
+  uint16_t port = server_->port();
+  server_->Stop();
+  UcxConnectionOptions o;
+  o.loop = ucx_test::LoopOptions("ucx-test-cli");
+  auto c = UcxConnection::Connect("127.0.0.1", port, kWriter, absl::Seconds(5), o);
+  EXPECT_TRUE(c.status().code() == absl::StatusCode::kUnavailable ||
+              c.status().code() == absl::StatusCode::kDeadlineExceeded)
+      << c.status();
+}
+
+TEST_F(UcxTransportTest, ManyConcurrentClients) {
+  constexpr int kClients = 12;
+  constexpr int kThreadsPerClient = 2;
+  constexpr int kBlocksPerThread = 6;
+  std::vector<std::unique_ptr<UcxConnection>> conns;
+  for (int i = 0; i < kClients; ++i) {
+    conns.push_back(Connect());
+    ASSERT_NE(conns.back(), nullptr);
+  }
+  std::atomic<int> errors{0};
+  std::atomic<int> checked{0};
+  std::vector<std::thread> threads;
+  for (int ci = 0; ci < kClients; ++ci) {
+    for (int t = 0; t < kThreadsPerClient; ++t) {
+      threads.emplace_back([&, ci, t] {
+        UcxConnection& c = *conns[ci];
+        std::vector<ChainHash> chain;
+        std::vector<Payload> mine;
+        for (int b = 0; b < kBlocksPerThread; ++b) {
+          uint64_t id = (ci * kThreadsPerClient + t) * 100 + b;
+          // Sizes from 8 KiB (eager) to ~512 KiB (rendezvous).
+          mine.push_back(ucx_test::PayloadOfAtLeast(id, size_t{8} << (10 + b % 7)));
+          chain.push_back(H(id));
+          auto r = c.Put(kNs, chain.back(), 0, mine.back()->data(), mine.back()->size());
+          if (!r.ok()) errors++;
+          // Every thread also re-puts a block shared by all: dedup under concurrency.
+          Payload shared = storage::testing::RandomPayload(999, 4);
+          if (!c.Put(kNs, H(999999), 0, shared->data(), shared->size()).ok()) errors++;
+        }
+        auto n = c.Lookup(kNs, 0, chain);
+        if (!n.ok() || *n != kBlocksPerThread) errors++;
+        auto got = c.Get(kNs, 0, chain);
+        if (!got.ok()) {
+          errors++;
+          return;
+        }
+        for (int b = 0; b < kBlocksPerThread; ++b) {
+          if (!(*got)[b].payload.has_value() || *(*got)[b].payload != *mine[b]) {
+            errors++;
+          } else {
+            checked++;
+          }
+        }
+      });
+    }
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(checked.load(), kClients * kThreadsPerClient * kBlocksPerThread);
+  storage::StoreStats stats = store_->Stats();
+  EXPECT_EQ(stats.puts_stored, 1u + kClients * kThreadsPerClient * kBlocksPerThread);
+  EXPECT_EQ(stats.puts_deduplicated, uint64_t{kClients * kThreadsPerClient * kBlocksPerThread} - 1);
+}
+
+}  // namespace
+}  // namespace kvtier

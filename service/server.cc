@@ -686,7 +686,7 @@ class ServerImpl final : public Server {
 
 #ifdef KVTIER_HAVE_UCX_DATA_PLANE
     if (o.ucx_port != 0) {
-      KVTIER_RETURN_IF_ERROR(StartUcx(o.ucx_port));
+      KVTIER_RETURN_IF_ERROR(StartUcx(o));
     }
 #else
     if (o.ucx_port != 0) {
@@ -743,7 +743,12 @@ class ServerImpl final : public Server {
                    absl::FormatDuration(absl::Now() - t0).c_str());
     }
 #ifdef KVTIER_HAVE_UCX_DATA_PLANE
-    if (ucx_ != nullptr) ucx_->Stop();
+    if (ucx_ != nullptr) {
+      const absl::Time tu = absl::Now();
+      ucx_->Stop();
+      std::fprintf(stderr, "kvtier-server: UCX stopped in %s\n",
+                   absl::FormatDuration(absl::Now() - tu).c_str());
+    }
 #endif
     const absl::Time t1 = absl::Now();
     if (st_.store != nullptr) drain_status_ = st_.store->Flush();
@@ -774,6 +779,11 @@ class ServerImpl final : public Server {
       m.dedup_saved.Set({}, static_cast<double>(s.dedup_bytes_saved));
       m.corrupt_dropped.Set({}, static_cast<double>(s.corrupt_dropped));
     }
+#ifdef KVTIER_HAVE_UCX_DATA_PLANE
+    if (ucx_ != nullptr) {
+      st_.metrics.inflight.Set({"ucx"}, static_cast<double>(ucx_->inflight_requests()));
+    }
+#endif
     return st_.metrics.reg.Render();
   }
 
@@ -807,7 +817,48 @@ class ServerImpl final : public Server {
   }
 
 #ifdef KVTIER_HAVE_UCX_DATA_PLANE
-  absl::Status StartUcx(int port);
+  absl::Status StartUcx(const ServerOptions& o) {
+    UcxDataPlaneOptions uo;
+    // The UCX listener binds the same host as the gRPC address.
+    std::string host = o.listen.substr(0, o.listen.rfind(':'));
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+      host = host.substr(1, host.size() - 2);
+    }
+    if (host == "localhost") host = "127.0.0.1";
+    if (host.empty()) host = "0.0.0.0";
+    uo.listen_address = host;
+    uo.port = static_cast<uint16_t>(o.ucx_port);
+    uo.max_chain_length = o.limits.max_chain_length;
+    uo.drain_timeout = o.drain_timeout;
+    UcxHooks hooks;
+    hooks.authorize = [this](absl::string_view token, absl::string_view ns, bool write) {
+      if (st_.draining) return absl::UnavailableError("server is draining");
+      return st_.sessions.Authorize(token, ns, write);
+    };
+    hooks.on_request = [this](absl::string_view method, absl::StatusCode code, double seconds,
+                              uint64_t bytes_in, uint64_t bytes_out) {
+      st_.metrics.OnRequest(method, "ucx", code, seconds, bytes_in, bytes_out);
+    };
+    hooks.on_lookup = [this](absl::string_view ns, uint32_t requested, uint32_t present,
+                             uint32_t block_tokens) {
+      st_.metrics.CountLookup(ns, "ucx", requested, present, block_tokens);
+    };
+    hooks.on_put_block = [this](absl::string_view ns, absl::string_view result) {
+      st_.metrics.put_blocks.Add({st_.metrics.ns.Label(ns), result});
+    };
+    hooks.on_get_block = [this](absl::string_view tier, absl::string_view result) {
+      st_.metrics.get_blocks.Add({tier, result});
+    };
+    absl::StatusOr<std::unique_ptr<UcxDataPlane>> ucx =
+        UcxDataPlane::Start(uo, st_.store.get(), std::move(hooks));
+    if (!ucx.ok()) {
+      return absl::Status(ucx.status().code(),
+                          absl::StrCat("UCX data plane: ", ucx.status().message()));
+    }
+    ucx_ = *std::move(ucx);
+    st_.ucx_port = ucx_->port();
+    return absl::OkStatus();
+  }
   std::unique_ptr<UcxDataPlane> ucx_;
 #endif
 

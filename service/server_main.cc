@@ -83,6 +83,7 @@ int main(int argc, char** argv) {
   o.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
   o.ucx_session_ttl = absl::GetFlag(FLAGS_ucx_session_ttl);
   const absl::Duration drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
+  o.drain_timeout = drain_timeout;
 
   // Config dump: one line per flag (the token file's contents are never logged).
   std::fprintf(stderr, "kvtier-server %s starting with:\n", kvtier::service::ServerVersion());

@@ -705,6 +705,10 @@ class ServerImpl final : public Server {
     b.SetMaxReceiveMessageSize(max_msg);
     b.SetMaxSendMessageSize(max_msg);
     b.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, o.max_concurrent_streams);
+    // Large payloads: a big initial stream window and frames (see the client's channel).
+    b.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
+    b.AddChannelArgument(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, (16 << 20) - 1);
+    b.AddChannelArgument(GRPC_ARG_HTTP2_WRITE_BUFFER_SIZE, 8 << 20);
     grpc_ = b.BuildAndStart();
     if (grpc_ == nullptr || grpc_port_ == 0) {
       return absl::UnavailableError(absl::StrCat("cannot listen on ", o.listen));

@@ -34,3 +34,14 @@ endif()
 if(KVTIER_BUILD_SERVICE AND TARGET service_integration_test)
   kvtier_service_test(load_test)
 endif()
+
+# kvtier-service-bench: loopback gRPC/UCX vs Redis benchmark (not a test; see
+# docs/benchmarks/service.md).
+if(KVTIER_BUILD_SERVICE AND TARGET kvtier_service_testing)
+  pkg_check_modules(HIREDIS IMPORTED_TARGET hiredis)
+  if(HIREDIS_FOUND)
+    add_executable(kvtier-service-bench service/service_bench.cc)
+    target_link_libraries(kvtier-service-bench PRIVATE kvtier_service_testing kvtier_service
+                          PkgConfig::HIREDIS kvtier_build_flags)
+  endif()
+endif()

@@ -192,7 +192,9 @@ uint64_t SplitMix(uint64_t& x) {
 }  // namespace
 
 std::vector<uint8_t> MakePayload(size_t approx_bytes, uint64_t seed) {
-  const int heads = approx_bytes < (size_t{1} << 20) ? 1 : 8;
+  // The fewest heads (a power of two) that keep the layer count within 1024.
+  int heads = 1;
+  while (approx_bytes / (size_t{13824} * heads) > 1024 && heads < 256) heads *= 2;
   const size_t section = size_t{13824} * heads;
   int layers = static_cast<int>((approx_bytes + section / 2) / section);
   layers = std::max(1, std::min(layers, 1024));

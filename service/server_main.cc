@@ -1,6 +1,7 @@
 // kvtier-server: flags as in docs/service-contract.md. Logs the configuration at start,
 // serves until SIGTERM/SIGINT, then drains (stops accepting, finishes in-flight requests
 // up to --drain_timeout, flushes RocksDB) and exits 0.
+#include <malloc.h>
 #include <signal.h>
 
 #include <cstdio>
@@ -48,6 +49,10 @@ int Fail(const std::string& what) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Block payloads are 100 KiB .. 16 MiB. glibc would mmap/munmap each such buffer (page
+  // faults on every request); keep them in the heap and keep freed memory for reuse.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
   absl::SetProgramUsageMessage("kvtier-server: the kvtier KV-cache tier server");
   absl::ParseCommandLine(argc, argv);
 

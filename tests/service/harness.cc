@@ -19,7 +19,11 @@
 
 namespace kvtier::testing {
 
-const char* ServerBinary() { return KVTIER_SERVER_BIN; }
+const char* ServerBinary() {
+  // $KVTIER_SERVER_BIN overrides the build's binary (e.g. a relocated benchmark bundle).
+  const char* env = std::getenv("KVTIER_SERVER_BIN");
+  return env != nullptr && *env != '\0' ? env : KVTIER_SERVER_BIN;
+}
 
 int FreePort() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);

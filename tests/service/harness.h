@@ -94,7 +94,7 @@ std::vector<uint8_t> MakePayload(size_t approx_bytes, uint64_t seed);
 // `n` random 32-byte hashes.
 std::vector<kernels::ChainHash> RandomChain(size_t n, uint64_t seed);
 
-// Path of the kvtier-server binary under test.
+// Path of the kvtier-server binary under test ($KVTIER_SERVER_BIN overrides it).
 const char* ServerBinary();
 
 }  // namespace kvtier::testing

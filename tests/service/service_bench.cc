@@ -14,11 +14,13 @@
 //   lookup: every op is a Lookup of a 128-block chain, all present (Redis: EXISTS of the
 //           128 keys in one command).
 #include <hiredis/hiredis.h>
+#include <malloc.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -288,7 +290,9 @@ pid_t StartRedis(int port, const std::string& maxmemory) {
   if (pid == 0) {
     freopen("/dev/null", "w", stdout);
     const std::string p = std::to_string(port);
-    execl("/usr/bin/redis-server", "redis-server", "--port", p.c_str(), "--bind", "127.0.0.1",
+    const char* env = std::getenv("KVTIER_REDIS_SERVER");  // override for relocated bundles
+    const char* bin = env != nullptr && *env != '\0' ? env : "/usr/bin/redis-server";
+    execl(bin, "redis-server", "--port", p.c_str(), "--bind", "127.0.0.1",
           "--save", "", "--appendonly", "no", "--protected-mode", "no", "--maxmemory",
           maxmemory.c_str(), "--maxmemory-policy", "allkeys-lru",
           "--proto-max-bulk-len", "64mb", "--client-output-buffer-limit", "normal 0 0 0",
@@ -368,6 +372,9 @@ int main(int argc, char** argv) {
     }
   }
   signal(SIGPIPE, SIG_IGN);
+  // The same malloc setting as kvtier-server: multi-MiB buffers from the heap, not mmap.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
   const absl::Duration dur = absl::Seconds(seconds);
   const std::string capacity = "3GiB";
 

@@ -155,11 +155,15 @@ struct State {
   int ucx_port = 0;
   absl::Duration session_ttl = absl::Hours(1);
   std::atomic<int> streams{0};
+  std::atomic<int> inflight{0};  // requests between RequestScope start and Done
   std::atomic<bool> draining{false};
   absl::Time start_time = absl::Now();
 };
 
 absl::StatusOr<Grant> Authenticate(State* st, grpc::CallbackServerContext* ctx) {
+  // Every request authenticates first, so this is also where a draining server turns new
+  // requests away (clients retry UNAVAILABLE elsewhere or later).
+  if (st->draining) return absl::UnavailableError("server is draining");
   const auto& md = ctx->client_metadata();
   auto it = md.find("authorization");
   absl::string_view value;
@@ -172,11 +176,13 @@ absl::StatusOr<Grant> Authenticate(State* st, grpc::CallbackServerContext* ctx) 
 class RequestScope {
  public:
   RequestScope(State* st, const char* method) : st_(st), method_(method), start_(absl::Now()) {
+    st_->inflight.fetch_add(1);
     st_->metrics.inflight.Add({"grpc"}, 1);
   }
   void Done(absl::StatusCode code) {
     if (done_) return;
     done_ = true;
+    st_->inflight.fetch_sub(1);
     st_->metrics.inflight.Add({"grpc"}, -1);
     st_->metrics.OnRequest(method_, "grpc", code, absl::ToDoubleSeconds(absl::Now() - start_),
                            bytes_in, bytes_out);
@@ -201,11 +207,70 @@ BlockKey MakeKey(absl::string_view ns, const kernels::ChainHash& h, uint32_t par
 }
 
 // ---------------------------------------------------------------------------------------
+// Wire helpers. Put and Get are registered as raw methods (grpc::ByteBuffer) so that payload
+// bytes are copied once between the socket buffers and the stored block: a Put chunk goes
+// from the received slices straight into the block buffer, and a Get chunk is sent from the
+// stored payload itself (a slice that holds a reference to it). Everything else is parsed
+// and serialized as ordinary protobuf messages.
+
+// Appends the bytes [offset, offset + n) of `slices` to `pieces` (no copy).
+void SlicePieces(const std::vector<grpc::Slice>& slices, size_t offset, size_t n,
+                 std::vector<absl::Span<const uint8_t>>* pieces) {
+  for (const grpc::Slice& sl : slices) {
+    if (n == 0) break;
+    if (offset >= sl.size()) {
+      offset -= sl.size();
+      continue;
+    }
+    const size_t take = std::min(sl.size() - offset, n);
+    pieces->emplace_back(sl.begin() + offset, take);
+    n -= take;
+    offset = 0;
+  }
+}
+
+std::string Flatten(const std::vector<grpc::Slice>& slices) {
+  std::string out;
+  for (const grpc::Slice& sl : slices) out.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  return out;
+}
+
+// Reads a protobuf varint from bytes[pos..end); false when malformed or truncated.
+bool ReadVarint(const uint8_t* bytes, size_t end, size_t* pos, uint64_t* value) {
+  uint64_t v = 0;
+  for (int shift = 0; shift < 64 && *pos < end; shift += 7) {
+    const uint8_t b = bytes[(*pos)++];
+    v |= static_cast<uint64_t>(b & 0x7F) << shift;
+    if (!(b & 0x80)) {
+      *value = v;
+      return true;
+    }
+  }
+  return false;
+}
+
+void AppendVarint(uint64_t v, std::string* out) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>((v & 0x7F) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+grpc::ByteBuffer ToByteBuffer(const google::protobuf::MessageLite& m) {
+  std::string bytes = m.SerializeAsString();
+  grpc::Slice slice(std::move(bytes));
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+void ReleasePayload(void* holder) { delete static_cast<storage::Payload*>(holder); }
+
+// ---------------------------------------------------------------------------------------
 // Put: a client stream of header, chunk..., header, chunk...; validated as blocks complete,
 // committed on half-close, all or nothing.
-class PutReactor : public grpc::ServerReadReactor<v1::PutRequest> {
+class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
-  PutReactor(State* st, grpc::CallbackServerContext* ctx, v1::PutResponse* resp)
+  PutReactor(State* st, grpc::CallbackServerContext* ctx, grpc::ByteBuffer* resp)
       : st_(st), resp_(resp), scope_(st, "Put") {
     if (st_->streams.fetch_add(1) >= st_->max_streams) {
       Fail(absl::ResourceExhaustedError(
@@ -248,9 +313,39 @@ class PutReactor : public grpc::ServerReadReactor<v1::PutRequest> {
   };
 
   absl::Status Consume() {
-    switch (req_.part_case()) {
-      case v1::PutRequest::kHeader: return OnHeader(req_.header());
-      case v1::PutRequest::kChunk: return OnChunk(req_.chunk());
+    std::vector<grpc::Slice> slices;
+    if (!req_.Dump(&slices).ok()) return absl::InvalidArgumentError("unreadable PutRequest");
+    const size_t total = req_.Length();
+    // Fast path: a message that is exactly one `chunk` field (tag 0x12, length, bytes).
+    uint8_t head[11] = {};
+    size_t got = 0;
+    for (const grpc::Slice& sl : slices) {
+      const size_t take = std::min(sl.size(), sizeof(head) - got);
+      std::memcpy(head + got, sl.begin(), take);
+      got += take;
+      if (got == sizeof(head)) break;
+    }
+    if (got > 0 && head[0] == 0x12) {
+      size_t pos = 1;
+      uint64_t len = 0;
+      if (ReadVarint(head, got, &pos, &len) && pos + len == total) {
+        std::vector<absl::Span<const uint8_t>> pieces;
+        SlicePieces(slices, pos, len, &pieces);
+        return OnChunk(pieces, len);
+      }
+    }
+    v1::PutRequest msg;
+    if (!msg.ParseFromString(Flatten(slices))) {
+      return absl::InvalidArgumentError("malformed PutRequest message");
+    }
+    switch (msg.part_case()) {
+      case v1::PutRequest::kHeader: return OnHeader(msg.header());
+      case v1::PutRequest::kChunk: {
+        const std::string& c = msg.chunk();
+        std::vector<absl::Span<const uint8_t>> pieces = {
+            absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(c.data()), c.size())};
+        return OnChunk(pieces, c.size());
+      }
       default: return absl::InvalidArgumentError("PutRequest has neither header nor chunk");
     }
   }
@@ -285,14 +380,15 @@ class PutReactor : public grpc::ServerReadReactor<v1::PutRequest> {
     Block b;
     b.key = MakeKey(h.key().namespace_(), hash, h.key().part());
     b.payload_bytes = h.payload_bytes();
-    // Grow with the chunks actually received rather than trusting the declared size.
-    b.data.reserve(std::min<uint64_t>(h.payload_bytes(), uint64_t{64} << 20));
+    // Reserve at most 16 MiB on the declared size; beyond that the buffer grows with the
+    // chunks actually received (a hostile header cannot make the server commit memory).
+    b.data.reserve(std::min<uint64_t>(h.payload_bytes(), uint64_t{16} << 20));
     buffered_ += h.payload_bytes();
     blocks_.push_back(std::move(b));
     return absl::OkStatus();
   }
 
-  absl::Status OnChunk(const std::string& chunk) {
+  absl::Status OnChunk(const std::vector<absl::Span<const uint8_t>>& pieces, size_t chunk_size) {
     if (blocks_.empty()) return absl::InvalidArgumentError("payload chunk before any header");
     Block& b = blocks_.back();
     const size_t index = blocks_.size() - 1;
@@ -300,17 +396,21 @@ class PutReactor : public grpc::ServerReadReactor<v1::PutRequest> {
       return absl::InvalidArgumentError(absl::StrCat(
           "payload chunk after block ", index, " was complete (", b.payload_bytes, " bytes)"));
     }
-    if (chunk.empty() || chunk.size() > kMaxChunkBytes) {
+    if (chunk_size == 0 || chunk_size > kMaxChunkBytes) {
       return absl::InvalidArgumentError(
-          absl::StrCat("chunk of ", chunk.size(), " bytes; chunks are 1 byte .. 4 MiB"));
+          absl::StrCat("chunk of ", chunk_size, " bytes; chunks are 1 byte .. 4 MiB"));
     }
-    if (chunk.size() > b.payload_bytes - b.data.size()) {
+    if (chunk_size > b.payload_bytes - b.data.size()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "chunks of block ", index, " exceed its payload_bytes ", b.payload_bytes));
     }
     const size_t before = b.data.size();
-    b.data.insert(b.data.end(), chunk.begin(), chunk.end());
-    scope_.bytes_in += chunk.size();
+    if (b.data.capacity() < before + chunk_size) {
+      b.data.reserve(std::min<uint64_t>(b.payload_bytes,
+                                        std::max<uint64_t>(2 * b.data.capacity(), before + chunk_size)));
+    }
+    for (const auto& piece : pieces) b.data.insert(b.data.end(), piece.begin(), piece.end());
+    scope_.bytes_in += chunk_size;
     if (before < kernels::kPayloadHeaderBytes && b.data.size() >= kernels::kPayloadHeaderBytes) {
       // Early check of the payload header against the declared size: a mismatch is
       // rejected before the rest of the body is buffered.
@@ -365,12 +465,14 @@ class PutReactor : public grpc::ServerReadReactor<v1::PutRequest> {
       }
       outcomes.push_back(*r);
     }
+    v1::PutResponse resp;
     for (size_t i = 0; i < blocks_.size(); ++i) {
       const bool stored = outcomes[i] == storage::PutOutcome::kStored;
-      resp_->add_outcomes(stored ? v1::PutResponse::STORED : v1::PutResponse::DEDUPLICATED);
+      resp.add_outcomes(stored ? v1::PutResponse::STORED : v1::PutResponse::DEDUPLICATED);
       st_->metrics.put_blocks.Add({st_->metrics.ns.Label(blocks_[i].key.ns),
                                    stored ? "stored" : "deduplicated"});
     }
+    *resp_ = ToByteBuffer(resp);
     blocks_.clear();
     scope_.Done(absl::StatusCode::kOk);
     Finish(grpc::Status::OK);
@@ -386,10 +488,10 @@ class PutReactor : public grpc::ServerReadReactor<v1::PutRequest> {
   }
 
   State* const st_;
-  v1::PutResponse* const resp_;
+  grpc::ByteBuffer* const resp_;
   RequestScope scope_;
   Grant grant_;
-  v1::PutRequest req_;
+  grpc::ByteBuffer req_;
   std::vector<Block> blocks_;
   uint64_t buffered_ = 0;
 };
@@ -397,9 +499,9 @@ class PutReactor : public grpc::ServerReadReactor<v1::PutRequest> {
 // ---------------------------------------------------------------------------------------
 // Get: validated request, then every block in request order: a miss message, or a header
 // and chunks of at most 4 MiB.
-class GetReactor : public grpc::ServerWriteReactor<v1::GetResponse> {
+class GetReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  GetReactor(State* st, grpc::CallbackServerContext* ctx, const v1::GetRequest* req)
+  GetReactor(State* st, grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req)
       : st_(st), scope_(st, "Get") {
     chunk_bytes_ = std::min<uint64_t>(kMaxChunkBytes, st_->limits.max_message_bytes > 4096
                                                           ? st_->limits.max_message_bytes - 1024
@@ -409,7 +511,7 @@ class GetReactor : public grpc::ServerWriteReactor<v1::GetResponse> {
           absl::StrCat("too many concurrent streams (limit ", st_->max_streams, ")")));
       return;
     }
-    absl::Status s = Prepare(ctx, *req);
+    absl::Status s = Prepare(ctx, req);
     if (!s.ok()) {
       Fail(s);
       return;
@@ -433,8 +535,13 @@ class GetReactor : public grpc::ServerWriteReactor<v1::GetResponse> {
   }
 
  private:
-  absl::Status Prepare(grpc::CallbackServerContext* ctx, const v1::GetRequest& req) {
+  absl::Status Prepare(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* raw) {
     KVTIER_ASSIGN_OR_RETURN(Grant g, Authenticate(st_, ctx));
+    std::vector<grpc::Slice> slices;
+    v1::GetRequest req;
+    if (!raw->Dump(&slices).ok() || !req.ParseFromString(Flatten(slices))) {
+      return absl::InvalidArgumentError("malformed GetRequest message");
+    }
     KVTIER_RETURN_IF_ERROR(ValidateNamespace(req.namespace_()));
     KVTIER_ASSIGN_OR_RETURN(std::vector<kernels::ChainHash> chain,
                             ParseChain(req.chain_hashes(), st_->limits.max_chain_length));
@@ -449,10 +556,10 @@ class GetReactor : public grpc::ServerWriteReactor<v1::GetResponse> {
   void Next() {
     while (index_ < results_.size()) {
       absl::StatusOr<storage::Lease>& r = results_[index_];
-      msg_.Clear();
-      msg_.set_index(static_cast<uint32_t>(index_));
+      v1::GetResponse m;
+      m.set_index(static_cast<uint32_t>(index_));
       if (!r.ok() || !*r) {
-        auto* miss = msg_.mutable_miss();
+        auto* miss = m.mutable_miss();
         if (!r.ok()) {
           miss->set_code(static_cast<int32_t>(r.status().code()));
           miss->set_message(std::string(r.status().message()));
@@ -461,6 +568,7 @@ class GetReactor : public grpc::ServerWriteReactor<v1::GetResponse> {
           st_->metrics.get_blocks.Add({"none", "miss"});
         }
         ++index_;
+        msg_ = ToByteBuffer(m);
         StartWrite(&msg_);
         return;
       }
@@ -469,21 +577,33 @@ class GetReactor : public grpc::ServerWriteReactor<v1::GetResponse> {
       if (!header_sent_) {
         header_sent_ = true;
         offset_ = 0;
-        auto* h = msg_.mutable_header();
+        auto* h = m.mutable_header();
         h->set_payload_bytes(bytes.size());
         h->set_tier(lease.tier == storage::Tier::kMemory ? v1::TIER_MEMORY : v1::TIER_DISK);
         st_->metrics.get_blocks.Add(
             {lease.tier == storage::Tier::kMemory ? "memory" : "disk", "hit"});
+        msg_ = ToByteBuffer(m);
         StartWrite(&msg_);
         return;
       }
+      // GetResponse{index, chunk}: the field prefix, then the stored bytes themselves; the
+      // slice keeps a reference to the payload until gRPC has sent it.
       const size_t n = std::min<size_t>(chunk_bytes_, bytes.size() - offset_);
-      msg_.set_chunk(bytes.data() + offset_, n);
+      std::string prefix;
+      prefix.push_back(0x08);  // field 1 (index), varint
+      AppendVarint(index_, &prefix);
+      prefix.push_back(0x1A);  // field 3 (chunk), length-delimited
+      AppendVarint(n, &prefix);
+      grpc::Slice parts[2] = {
+          grpc::Slice(std::move(prefix)),
+          grpc::Slice(const_cast<uint8_t*>(bytes.data() + offset_), n, &ReleasePayload,
+                      new storage::Payload(lease.payload))};
+      msg_ = grpc::ByteBuffer(parts, 2);
       offset_ += n;
       scope_.bytes_out += n;
       if (offset_ == bytes.size()) {
         header_sent_ = false;
-        r = storage::Lease{};  // release the block as soon as it is sent
+        r = storage::Lease{};  // the slice still holds the payload until it is sent
         ++index_;
       }
       StartWrite(&msg_);
@@ -505,10 +625,16 @@ class GetReactor : public grpc::ServerWriteReactor<v1::GetResponse> {
   size_t index_ = 0;
   bool header_sent_ = false;
   size_t offset_ = 0;
-  v1::GetResponse msg_;
+  grpc::ByteBuffer msg_;
 };
 
-class KvTierService final : public v1::KvTier::CallbackService {
+// Lookup, Delete, Stats, OpenUcxSession as protobuf callback methods; Put and Get raw.
+using KvTierCallbackBase = v1::KvTier::WithCallbackMethod_Lookup<
+    v1::KvTier::WithRawCallbackMethod_Put<v1::KvTier::WithRawCallbackMethod_Get<
+        v1::KvTier::WithCallbackMethod_Delete<v1::KvTier::WithCallbackMethod_Stats<
+            v1::KvTier::WithCallbackMethod_OpenUcxSession<v1::KvTier::Service>>>>>>;
+
+class KvTierService final : public KvTierCallbackBase {
  public:
   explicit KvTierService(State* st) : st_(st) {}
 
@@ -519,13 +645,13 @@ class KvTierService final : public v1::KvTier::CallbackService {
     return Reply(ctx, &scope, s);
   }
 
-  grpc::ServerReadReactor<v1::PutRequest>* Put(grpc::CallbackServerContext* ctx,
-                                               v1::PutResponse* resp) override {
+  grpc::ServerReadReactor<grpc::ByteBuffer>* Put(grpc::CallbackServerContext* ctx,
+                                                grpc::ByteBuffer* resp) override {
     return new PutReactor(st_, ctx, resp);
   }
 
-  grpc::ServerWriteReactor<v1::GetResponse>* Get(grpc::CallbackServerContext* ctx,
-                                                 const v1::GetRequest* req) override {
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Get(grpc::CallbackServerContext* ctx,
+                                                  const grpc::ByteBuffer* req) override {
     return new GetReactor(st_, ctx, req);
   }
 
@@ -680,7 +806,7 @@ class ServerImpl final : public Server {
 
 #ifdef KVTIER_HAVE_UCX_DATA_PLANE
     if (o.ucx_port != 0) {
-      KVTIER_RETURN_IF_ERROR(StartUcx(o.ucx_port));
+      KVTIER_RETURN_IF_ERROR(StartUcx(o));
     }
 #else
     if (o.ucx_port != 0) {
@@ -699,6 +825,10 @@ class ServerImpl final : public Server {
     b.SetMaxReceiveMessageSize(max_msg);
     b.SetMaxSendMessageSize(max_msg);
     b.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, o.max_concurrent_streams);
+    // Large payloads: a big initial stream window and frames (see the client's channel).
+    b.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
+    b.AddChannelArgument(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, (16 << 20) - 1);
+    b.AddChannelArgument(GRPC_ARG_HTTP2_WRITE_BUFFER_SIZE, 8 << 20);
     grpc_ = b.BuildAndStart();
     if (grpc_ == nullptr || grpc_port_ == 0) {
       return absl::UnavailableError(absl::StrCat("cannot listen on ", o.listen));
@@ -722,17 +852,38 @@ class ServerImpl final : public Server {
     ready_ = false;
     if (grpc_ != nullptr) {
       grpc_->GetHealthCheckService()->SetServingStatus(false);
-      grpc_->Shutdown(std::chrono::system_clock::now() +
-                      std::chrono::milliseconds(absl::ToInt64Milliseconds(timeout)));
+      const absl::Time t0 = absl::Now();
+      // Let in-flight requests finish (new ones are turned away with UNAVAILABLE), then
+      // shut gRPC down; whatever is left at the deadline is cancelled. gRPC's own
+      // Shutdown(deadline) would also wait for idle client connections, so the wait for
+      // requests is done here.
+      const absl::Time deadline = t0 + timeout;
+      while (st_.inflight.load() > 0 && absl::Now() < deadline) {
+        absl::SleepFor(absl::Milliseconds(5));
+      }
+      grpc_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
       grpc_->Wait();
+      std::fprintf(stderr, "kvtier-server: gRPC drained in %s\n",
+                   absl::FormatDuration(absl::Now() - t0).c_str());
     }
 #ifdef KVTIER_HAVE_UCX_DATA_PLANE
-    if (ucx_ != nullptr) ucx_->Stop();
+    if (ucx_ != nullptr) {
+      const absl::Time tu = absl::Now();
+      ucx_->Stop();
+      std::fprintf(stderr, "kvtier-server: UCX stopped in %s\n",
+                   absl::FormatDuration(absl::Now() - tu).c_str());
+    }
 #endif
+    const absl::Time t1 = absl::Now();
     if (st_.store != nullptr) drain_status_ = st_.store->Flush();
+    std::fprintf(stderr, "kvtier-server: storage flushed in %s\n",
+                 absl::FormatDuration(absl::Now() - t1).c_str());
     if (http_ != nullptr) {
+      const absl::Time t2 = absl::Now();
       http_->stop();
       if (http_thread_.joinable()) http_thread_.join();
+      std::fprintf(stderr, "kvtier-server: HTTP stopped in %s\n",
+                   absl::FormatDuration(absl::Now() - t2).c_str());
     }
     return drain_status_;
   }
@@ -752,6 +903,11 @@ class ServerImpl final : public Server {
       m.dedup_saved.Set({}, static_cast<double>(s.dedup_bytes_saved));
       m.corrupt_dropped.Set({}, static_cast<double>(s.corrupt_dropped));
     }
+#ifdef KVTIER_HAVE_UCX_DATA_PLANE
+    if (ucx_ != nullptr) {
+      st_.metrics.inflight.Set({"ucx"}, static_cast<double>(ucx_->inflight_requests()));
+    }
+#endif
     return st_.metrics.reg.Render();
   }
 
@@ -785,7 +941,48 @@ class ServerImpl final : public Server {
   }
 
 #ifdef KVTIER_HAVE_UCX_DATA_PLANE
-  absl::Status StartUcx(int port);
+  absl::Status StartUcx(const ServerOptions& o) {
+    UcxDataPlaneOptions uo;
+    // The UCX listener binds the same host as the gRPC address.
+    std::string host = o.listen.substr(0, o.listen.rfind(':'));
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+      host = host.substr(1, host.size() - 2);
+    }
+    if (host == "localhost") host = "127.0.0.1";
+    if (host.empty()) host = "0.0.0.0";
+    uo.listen_address = host;
+    uo.port = static_cast<uint16_t>(o.ucx_port);
+    uo.max_chain_length = o.limits.max_chain_length;
+    uo.drain_timeout = o.drain_timeout;
+    UcxHooks hooks;
+    hooks.authorize = [this](absl::string_view token, absl::string_view ns, bool write) {
+      if (st_.draining) return absl::UnavailableError("server is draining");
+      return st_.sessions.Authorize(token, ns, write);
+    };
+    hooks.on_request = [this](absl::string_view method, absl::StatusCode code, double seconds,
+                              uint64_t bytes_in, uint64_t bytes_out) {
+      st_.metrics.OnRequest(method, "ucx", code, seconds, bytes_in, bytes_out);
+    };
+    hooks.on_lookup = [this](absl::string_view ns, uint32_t requested, uint32_t present,
+                             uint32_t block_tokens) {
+      st_.metrics.CountLookup(ns, "ucx", requested, present, block_tokens);
+    };
+    hooks.on_put_block = [this](absl::string_view ns, absl::string_view result) {
+      st_.metrics.put_blocks.Add({st_.metrics.ns.Label(ns), result});
+    };
+    hooks.on_get_block = [this](absl::string_view tier, absl::string_view result) {
+      st_.metrics.get_blocks.Add({tier, result});
+    };
+    absl::StatusOr<std::unique_ptr<UcxDataPlane>> ucx =
+        UcxDataPlane::Start(uo, st_.store.get(), std::move(hooks));
+    if (!ucx.ok()) {
+      return absl::Status(ucx.status().code(),
+                          absl::StrCat("UCX data plane: ", ucx.status().message()));
+    }
+    ucx_ = *std::move(ucx);
+    st_.ucx_port = ucx_->port();
+    return absl::OkStatus();
+  }
   std::unique_ptr<UcxDataPlane> ucx_;
 #endif
 

@@ -50,6 +50,9 @@ struct ServerOptions {
   int max_concurrent_streams = 1024;
   // Lifetime of a UCX session token. Default: 1 h.
   absl::Duration ucx_session_ttl = absl::Hours(1);
+  // Time the UCX data plane gives requests already received when it stops (the gRPC side
+  // takes its timeout from Drain). Default: 20 s.
+  absl::Duration drain_timeout = absl::Seconds(20);
 };
 
 class Server {

@@ -19,7 +19,11 @@
 
 namespace kvtier::testing {
 
-const char* ServerBinary() { return KVTIER_SERVER_BIN; }
+const char* ServerBinary() {
+  // $KVTIER_SERVER_BIN overrides the build's binary (e.g. a relocated benchmark bundle).
+  const char* env = std::getenv("KVTIER_SERVER_BIN");
+  return env != nullptr && *env != '\0' ? env : KVTIER_SERVER_BIN;
+}
 
 int FreePort() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -147,7 +151,17 @@ absl::StatusOr<int> ServerProcess::Terminate(absl::Duration timeout) {
 }
 
 void ServerProcess::Pause() {
-  if (pid_ > 0) kill(pid_, SIGSTOP);
+  if (pid_ <= 0) return;
+  kill(pid_, SIGSTOP);
+  // kill() returns before the stop takes effect; wait until /proc says "T (stopped)".
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < deadline) {
+    std::ifstream in(absl::StrCat("/proc/", pid_, "/stat"));
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const size_t paren = stat.rfind(')');
+    if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'T') return;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
 }
 void ServerProcess::Resume() {
   if (pid_ > 0) kill(pid_, SIGCONT);
@@ -182,7 +196,9 @@ uint64_t SplitMix(uint64_t& x) {
 }  // namespace
 
 std::vector<uint8_t> MakePayload(size_t approx_bytes, uint64_t seed) {
-  const int heads = approx_bytes < (size_t{1} << 20) ? 1 : 8;
+  // The fewest heads (a power of two) that keep the layer count within 1024.
+  int heads = 1;
+  while (approx_bytes / (size_t{13824} * heads) > 1024 && heads < 256) heads *= 2;
   const size_t section = size_t{13824} * heads;
   int layers = static_cast<int>((approx_bytes + section / 2) / section);
   layers = std::max(1, std::min(layers, 1024));

@@ -88,12 +88,13 @@ class ServerProcess {
 };
 
 // A valid k4v2_g128 (head_dim 128) block payload of about `approx_bytes` with random body
-// bytes from `seed`: 1 KV head for < 1 MiB, else 8 heads; layers rounded to the nearest.
+// bytes from `seed`: the fewest KV heads (power of two) that keep layers <= 1024; layers
+// rounded to the nearest.
 std::vector<uint8_t> MakePayload(size_t approx_bytes, uint64_t seed);
 // `n` random 32-byte hashes.
 std::vector<kernels::ChainHash> RandomChain(size_t n, uint64_t seed);
 
-// Path of the kvtier-server binary under test.
+// Path of the kvtier-server binary under test ($KVTIER_SERVER_BIN overrides it).
 const char* ServerBinary();
 
 }  // namespace kvtier::testing

@@ -656,6 +656,43 @@ TEST(AttentionTest, MixedBlocksWithGqaMatchFloat64) {
   EXPECT_TRUE(changed);
 }
 
+TEST(AttentionTest, Fp32MatchesFloat64ForEveryPresetAndHeadDim) {
+  for (Preset p : kAllPresets) {
+    for (int d : {64, 128, 256}) {
+      const TileLayout l = MakeTileLayout(p, d);
+      const int g = l.group_size, hk = 2, hq = 4, tail = 5;
+      std::vector<uint8_t> tiles(2 * static_cast<size_t>(hk) * l.record_bytes);
+      for (int b = 0; b < 2; ++b) {
+        for (int h = 0; h < hk; ++h) {
+          const auto k = Gaussian(g * d, 1000 + b * 10 + h), v = Gaussian(g * d, 2000 + b * 10 + h);
+          ASSERT_TRUE(
+              EncodeTile(l, k.data(), v.data(), tiles.data() + (b * hk + h) * l.record_bytes).ok());
+        }
+      }
+      const auto kt = Gaussian(tail * hk * d, 7), vt = Gaussian(tail * hk * d, 8);
+      std::vector<uint16_t> sec(static_cast<size_t>(hk) * 2 * tail * d);
+      EncodeFp16Section(d, hk, tail, kt.data(), vt.data(), sec.data());
+      const std::vector<BlockSection> blocks = {
+          {BlockEncoding::kTiles, g, tiles.data()},
+          {BlockEncoding::kTiles, g, tiles.data() + hk * l.record_bytes},
+          {BlockEncoding::kFp16, tail, reinterpret_cast<const uint8_t*>(sec.data())}};
+      const auto q = Gaussian(hq * d, 9, 1.5f);
+      std::vector<float> o32(hq * d), o64(hq * d), l32(hq), l64(hq);
+      const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+      ASSERT_TRUE(AttendReference(l, hk, blocks, q.data(), hq, scale, o32.data(), l32.data()).ok());
+      ASSERT_TRUE(
+          AttendReference(l, hk, blocks, q.data(), hq, scale, o64.data(), l64.data(), true).ok());
+      double num = 0, den = 0;
+      for (int i = 0; i < hq * d; ++i) {
+        num += (double{o32[i]} - o64[i]) * (double{o32[i]} - o64[i]);
+        den += double{o64[i]} * o64[i];
+      }
+      EXPECT_LT(std::sqrt(num / den), 1e-5) << PresetName(p) << " D=" << d;
+      for (int h = 0; h < hq; ++h) EXPECT_NEAR(l32[h], l64[h], 1e-4);
+    }
+  }
+}
+
 TEST(AttentionTest, RejectsMalformedInput) {
   const TileLayout l = MakeTileLayout(Preset::kK4V2G64, 64);
   std::vector<uint8_t> rec(l.record_bytes);

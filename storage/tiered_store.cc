@@ -239,11 +239,13 @@ class TieredStoreImpl final : public TieredStore {
         "block key already stored with a different checksum; the stored block is kept");
   }
 
-  // Writes RAM victims that the disk does not hold yet to disk.
+  // Writes RAM victims that the disk does not hold yet to disk. With write-through every
+  // block went to disk when it was stored; one the disk has evicted since was colder than
+  // what the disk keeps, so it is not written again.
   void Demote(std::vector<EvictedBlock> victims) {
     for (EvictedBlock& v : victims) {
       if (v.by_quota) memory_quota_evictions_.fetch_add(1, std::memory_order_relaxed);
-      if (!disk_ || disk_->Contains(v.key)) continue;
+      if (!disk_ || write_through_ || disk_->Contains(v.key)) continue;
       absl::StatusOr<InsertResult> r =
           disk_->Put(v.key, *v.payload, v.checksum, v.group, v.stamp);
       if (r.ok() && *r == InsertResult::kInserted) {

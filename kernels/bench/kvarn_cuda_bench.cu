@@ -2,7 +2,9 @@
 // decode attention for the issue's shapes, compress throughput. Prints a table and
 // writes CSV rows (for sdpa_bench.py, which adds the PyTorch SDPA column) to argv[1].
 //
-//   kvarn_cuda_bench [out.csv]
+//   kvarn_cuda_bench [out.csv] [shape_index]
+// With shape_index (0..5), only that attention shape runs (no bandwidth or compress
+// runs): for profiling one launch with ncu.
 //
 // Inputs are random (never zeros); caches are larger than L2 or rotated among several
 // copies so that repeated launches do not run from L2.
@@ -96,6 +98,7 @@ float TimeMedianMs(F&& launch, int iters) {
 
 int main(int argc, char** argv) {
   const char* csv_path = argc > 1 ? argv[1] : nullptr;
+  const int only_shape = argc > 2 ? std::atoi(argv[2]) : -1;
   FILE* csv = csv_path ? std::fopen(csv_path, "w") : nullptr;
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, 0));
@@ -103,7 +106,7 @@ int main(int argc, char** argv) {
               prop.l2CacheSize >> 20);
 
   // ---- bandwidth ceilings ----
-  const size_t bw_bytes = size_t{4} << 30;
+  const size_t bw_bytes = only_shape >= 0 ? (size_t{64} << 20) : (size_t{4} << 30);
   void *bw_a, *bw_b;
   uint32_t* sink;
   CK(cudaMalloc(&bw_a, bw_bytes));
@@ -130,7 +133,7 @@ int main(int argc, char** argv) {
   const Preset preset = Preset::kK4V2G128;
   const TileLayout layout = MakeTileLayout(preset, 128);
   const int D = 128, G = 128, HK = 8, HQ = 32;
-  {
+  if (only_shape < 0) {
     const int max_blocks = 4096;  // × 8 heads = 32768 tiles
     const size_t elems = static_cast<size_t>(max_blocks) * G * HK * D;
     __half *k, *v;
@@ -217,7 +220,9 @@ int main(int argc, char** argv) {
   const Shape shapes[] = {{1, 16384}, {8, 16384}, {32, 16384}, {8, 131072}, {64, 8192}, {128, 4096}};
   std::mt19937 rng(7);
   std::printf("\n%-12s %10s %12s %10s %8s\n", "B x ctx", "ours_us", "comp_MB", "GB/s", "%read");
-  for (const Shape& s : shapes) {
+  for (int si = 0; si < 6; ++si) {
+    const Shape& s = shapes[si];
+    if (only_shape >= 0 && si != only_shape) continue;
     const int nblk = s.ctx / G;
     const size_t need = static_cast<size_t>(s.batch) * nblk;
     // Enough pages for >= 512 MB so that rotating sets defeats L2.
@@ -267,7 +272,7 @@ int main(int argc, char** argv) {
           p.block_tables = tables + static_cast<size_t>(it % sets) * need;
           CK(kc::DecodeAttention(p, nullptr));
         },
-        50);
+        only_shape >= 0 ? 5 : 50);
     const double bytes = static_cast<double>(need) * page_bytes + 2.0 * s.batch * HQ * D * 2;
     const double gbs = bytes / (ms * 1e6);
     std::printf("%3d x %-6d %10.1f %12.1f %10.0f %7.1f%%\n", s.batch, s.ctx, ms * 1e3, bytes / 1e6,

@@ -112,9 +112,11 @@ struct AttnShape {
   static constexpr int kVOffChunks = static_cast<int>(kL.v_codes_offset / 16);
   static constexpr int kKChunks = D * G / 32;
   static constexpr int kVChunks = G * D * VB / 128;
-  static constexpr size_t kQBytes = 8 * D * sizeof(float);
+  static constexpr int kQPitch = D + 8;  // padded q_rot rows: conflict-free float2 reads
+  static constexpr size_t kQBytes = 8 * kQPitch * sizeof(float);
   static constexpr size_t kSmemBytes = kWarps * kStages * kStageBytes + kQBytes;
   static_assert(kRecord % 16 == 0, "records stream in 16-byte chunks");
+  static_assert(kKChunks % 32 == 0 && kVChunks % 32 == 0, "code regions are whole warps of chunks");
   static_assert(kL.v_codes_offset % 16 == 0, "V codes start on a chunk");
   static_assert(kVRowChunks % 2 == 0 && kKRowChunks % 2 == 0, "x4 ldmatrix pairs");
   static_assert(kWarps * (8 * D + 16) * sizeof(float) <= kWarps * kStages * kStageBytes,
@@ -165,7 +167,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     const int n = idx / D, d = idx % D;
     int lim;
     const int row = col_row(n, lim);
-    q_s[idx] = row >= 0 ? internal::LoadAsFloat(a.q, (static_cast<int64_t>(b) * rows_per_req + row) * D + d,
+    q_s[n * S::kQPitch + d] = row >= 0 ? internal::LoadAsFloat(a.q, (static_cast<int64_t>(b) * rows_per_req + row) * D + d,
                                                 a.q_dtype)
                         : 0.f;
   }
@@ -175,26 +177,22 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     for (int hh = 1; hh < D; hh <<= 1) {
       for (int i = tid; i < 8 * D / 2; i += kWarps * 32) {
         const int n = i / (D / 2), k = i % (D / 2);
-        const int lo = n * D + (k / hh) * 2 * hh + (k % hh);
+        const int lo = n * S::kQPitch + (k / hh) * 2 * hh + (k % hh);
         const float x0 = q_s[lo], x1 = q_s[lo + hh];
         q_s[lo] = x0 + x1;
         q_s[lo + hh] = x0 - x1;
       }
       __syncthreads();
     }
-    for (int i = tid; i < 8 * D; i += kWarps * 32) q_s[i] *= sc;
+    for (int i = tid; i < 8 * D; i += kWarps * 32) q_s[(i / D) * S::kQPitch + i % D] *= sc;
     __syncthreads();
   }
-  float qr[KS][2][2];  // q_rot[col g][16ks + 8hh + 2tig + e]
-#pragma unroll
-  for (int ks = 0; ks < KS; ++ks) {
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      const float2 v = *reinterpret_cast<const float2*>(&q_s[g * D + 16 * ks + 8 * hh + 2 * tig]);
-      qr[ks][hh][0] = v.x;
-      qr[ks][hh][1] = v.y;
-    }
-  }
+  // q_rot[col g][16ks + 8hh + 2tig + {0,1}], read from shared memory per tile (keeps 32
+  // registers free).
+  const float* q_me = q_s + g * S::kQPitch + 2 * tig;
+  auto QR = [&](int ks, int hh) -> float2 {
+    return *reinterpret_cast<const float2*>(q_me + 16 * ks + 8 * hh);
+  };
   // Causal limits of this thread's score columns (2tig, 2tig+1).
   int lim0, lim1;
   col_row(2 * tig, lim0);
@@ -215,15 +213,26 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
         const uint8_t* rec = a.tile_pages + static_cast<int64_t>(e) * a.tile_page_stride +
                              static_cast<int64_t>(h) * S::kRecord;
         const uint32_t dst = SmemAddr(stage_base + st * S::kStageBytes);
-#pragma unroll 4
-        for (int q = lane; q < S::kRecord / 16; q += 32) {
-          int p = q;
-          if (q < S::kKChunks) {
-            p = SwizzleK<S::kKRowChunks>(q);
-          } else if (q >= S::kVOffChunks && q < S::kVOffChunks + S::kVChunks) {
-            p = S::kVOffChunks + SwizzleV<S::kVRowChunks>(q - S::kVOffChunks);
+        // K codes: chunk q = lane + 32i; the swizzle term (q >> 3) & (R-1) only depends on
+        // the lane (32i adds multiples of 4 to q >> 3).
+        {
+          const int pl = lane ^ ((lane >> 3) & (S::kKRowChunks - 1));
+#pragma unroll
+          for (int i = 0; i < S::kKChunks / 32; ++i) CpAsync16(dst + (pl + 32 * i) * 16, rec + (lane + 32 * i) * 16);
+        }
+        // Vectors between K and V codes, V codes (swizzled), trailing vectors: plain.
+        for (int q = S::kKChunks + lane; q < S::kVOffChunks; q += 32) CpAsync16(dst + q * 16, rec + q * 16);
+        {
+          constexpr int kShift = (S::kVRowChunks == 2 ? 1 : 2) + 2;
+#pragma unroll
+          for (int i = 0; i < S::kVChunks / 32; ++i) {
+            const int q = lane + 32 * i;
+            const int p = q ^ ((q >> kShift) & 7);
+            CpAsync16(dst + (S::kVOffChunks + p) * 16, rec + (S::kVOffChunks + q) * 16);
           }
-          CpAsync16(dst + p * 16, rec + q * 16);
+        }
+        for (int q = S::kVOffChunks + S::kVChunks + lane; q < S::kRecord / 16; q += 32) {
+          CpAsync16(dst + q * 16, rec + q * 16);
         }
       }
     }
@@ -286,8 +295,9 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
   auto process_compressed = [&](const uint8_t* rec, int ntok, int tok_base) {
     const uint32_t rec_s = SmemAddr(rec);
     constexpr TileLayout L = S::kL;
-    // q' = q_rot·s_col_K (fp16 B operand), bias = Σ q_rot·zp_K, qsum = Σ q'.
-    uint32_t bq[KS][2];
+    // q' = q_rot·s_col_K as an fp16 hi/lo pair (two MMAs: fp32-accurate scores),
+    // bias = Σ q_rot·zp_K, qsum = Σ q' (of the fp16 parts, for the 1024 offsets).
+    uint32_t bqh[KS][2], bql[KS][2];
     float bias = 0.f, qsum = 0.f;
 #pragma unroll
     for (int ks = 0; ks < KS; ++ks) {
@@ -296,12 +306,17 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
         const int d = 16 * ks + 8 * hh + 2 * tig;
         const float2 sc = LoadHalf2(rec + L.s_col_k_offset + 2 * d);
         const float2 zp = LoadHalf2(rec + L.zp_k_offset + 2 * d);
-        const uint32_t packed = PackHalf2(qr[ks][hh][0] * sc.x, qr[ks][hh][1] * sc.y);
-        bq[ks][hh] = packed;
-        const float2 back = UnpackHalf2(packed);
-        qsum += back.x + back.y;
-        bias = fmaf(qr[ks][hh][0], zp.x, bias);
-        bias = fmaf(qr[ks][hh][1], zp.y, bias);
+        const float2 qv = QR(ks, hh);
+        const float q0 = qv.x * sc.x, q1 = qv.y * sc.y;
+        const uint32_t hi = PackHalf2(q0, q1);
+        const float2 hf = UnpackHalf2(hi);
+        const uint32_t lo = PackHalf2(q0 - hf.x, q1 - hf.y);
+        const float2 lf = UnpackHalf2(lo);
+        bqh[ks][hh] = hi;
+        bql[ks][hh] = lo;
+        qsum += (hf.x + hf.y) + (lf.x + lf.y);
+        bias = fmaf(qv.x, zp.x, bias);
+        bias = fmaf(qv.y, zp.y, bias);
       }
     }
     qsum += __shfl_xor_sync(0xffffffffu, qsum, 1);
@@ -337,8 +352,10 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
             const uint32_t ya = ip ? (y[2 * cc] >> 8) : y[2 * cc];
             const uint32_t yb = ip ? (y[2 * cc + 1] >> 8) : y[2 * cc + 1];
             const int mt = 2 * (2 * cp + cc) + ip;
-            Mma(s[mt], (ya & 0x000F000Fu) | kMagic, (ya & 0x00F000F0u) | kMagic,
-                (yb & 0x000F000Fu) | kMagic, (yb & 0x00F000F0u) | kMagic, bq[ks][0], bq[ks][1]);
+            const uint32_t a0 = (ya & 0x000F000Fu) | kMagic, a1 = (ya & 0x00F000F0u) | kMagic;
+            const uint32_t a2 = (yb & 0x000F000Fu) | kMagic, a3 = (yb & 0x00F000F0u) | kMagic;
+            Mma(s[mt], a0, a1, a2, a3, bqh[ks][0], bqh[ks][1]);
+            Mma(s[mt], a0, a1, a2, a3, bql[ks][0], bql[ks][1]);
           }
         }
       }
@@ -368,7 +385,9 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
       }
     }
     softmax_update(s);
-    // p' = p·s_row_V (fp16), P' = Σ p' (rounded values), Z = Σ p·zp_V.
+    // p' = p·s_row_V (fp16), P' = Σ p' (rounded values), Z = Σ (p'/s_row_V)·zp_V: the
+    // zero-point term uses the same rounded weights as the code term, so fp16 rounding
+    // of p' perturbs the weights (like fp16 P in flash attention), not the V values.
     uint32_t blo[MT], bhi[MT];
     float psum[2] = {0.f, 0.f}, zsum[2] = {0.f, 0.f};
 #pragma unroll
@@ -387,8 +406,12 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
         const float2 lf = UnpackHalf2(lo), hf = UnpackHalf2(hi);
         psum[0] += lf.x + hf.x;
         psum[1] += lf.y + hf.y;
-        zsum[0] = fmaf(s[mt][0], zl, fmaf(s[mt][2], zh, zsum[0]));
-        zsum[1] = fmaf(s[mt][1], zl, fmaf(s[mt][3], zh, zsum[1]));
+        const float rl = svl != 0.f ? __fdividef(zl, svl) : 0.f;
+        const float rh = svh != 0.f ? __fdividef(zh, svh) : 0.f;
+        zsum[0] += svl != 0.f ? lf.x * rl : s[mt][0] * zl;
+        zsum[1] += svl != 0.f ? lf.y * rl : s[mt][1] * zl;
+        zsum[0] += svh != 0.f ? hf.x * rh : s[mt][2] * zh;
+        zsum[1] += svh != 0.f ? hf.y * rh : s[mt][3] * zh;
         blo[mt] = MovTrans(lo);
         bhi[mt] = MovTrans(hi);
       }
@@ -472,12 +495,19 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     };
 #pragma unroll
     for (int ks = 0; ks < KS; ++ks) {
-      const uint32_t b0 = PackHalf2(qr[ks][0][0], qr[ks][0][1]);
-      const uint32_t b1 = PackHalf2(qr[ks][1][0], qr[ks][1][1]);
+      const float2 q0 = QR(ks, 0), q1 = QR(ks, 1);
+      const uint32_t b0 = PackHalf2(q0.x, q0.y);
+      const uint32_t b1 = PackHalf2(q1.x, q1.y);
+      const float2 f0 = UnpackHalf2(b0), f1 = UnpackHalf2(b1);
+      const uint32_t l0 = PackHalf2(q0.x - f0.x, q0.y - f0.y);
+      const uint32_t l1 = PackHalf2(q1.x - f1.x, q1.y - f1.y);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         const int t = 16 * mt + g, d = 16 * ks + 2 * tig;
-        Mma(s[mt], kload(t, d), kload(t + 8, d), kload(t, d + 8), kload(t + 8, d + 8), b0, b1);
+        const uint32_t a0 = kload(t, d), a1 = kload(t + 8, d), a2 = kload(t, d + 8),
+                       a3 = kload(t + 8, d + 8);
+        Mma(s[mt], a0, a1, a2, a3, b0, b1);
+        Mma(s[mt], a0, a1, a2, a3, l0, l1);
       }
     }
 #pragma unroll

@@ -103,7 +103,9 @@ void FillKv(std::mt19937& rng, int pattern, int tokens, int d, bool keys, float*
 struct RecordDiff {
   size_t codes = 0, codes_equal = 0, codes_off_by_more = 0;
   size_t scales = 0, scales_bad = 0;
+  size_t group_bad[6] = {};
   size_t padding_bad = 0;
+  int examples = 0;
 };
 
 void CompareRecords(const TileLayout& l, const uint8_t* gpu, const uint8_t* ref, RecordDiff& d) {
@@ -122,7 +124,7 @@ void CompareRecords(const TileLayout& l, const uint8_t* gpu, const uint8_t* ref,
   };
   codes(l.k_codes_offset, l.head_dim, l.group_size, l.key_bits);
   codes(l.v_codes_offset, l.group_size, l.head_dim, l.value_bits);
-  auto halves = [&](size_t off, int n) {
+  auto halves = [&](size_t off, int n, int group) {
     for (int i = 0; i < n; ++i) {
       uint16_t a, b;
       std::memcpy(&a, gpu + off + 2 * i, 2);
@@ -130,16 +132,23 @@ void CompareRecords(const TileLayout& l, const uint8_t* gpu, const uint8_t* ref,
       ++d.scales;
       // Same sign and within one ulp (adjacent bit patterns of one sign).
       if ((a >> 15) != (b >> 15) || std::abs(static_cast<int>(a & 0x7fff) - (b & 0x7fff)) > 1) {
-        if (!((a & 0x7fff) <= 1 && (b & 0x7fff) <= 1)) ++d.scales_bad;
+        if (!((a & 0x7fff) <= 1 && (b & 0x7fff) <= 1)) {
+          ++d.scales_bad;
+          ++d.group_bad[group];
+          if (d.examples++ < 4) {
+            std::printf("  field group %d index %d: gpu %g (0x%04x) cpu %g (0x%04x)\n", group, i,
+                        HalfToFloat(a), a, HalfToFloat(b), b);
+          }
+        }
       }
     }
   };
-  halves(l.s_col_k_offset, l.head_dim);
-  halves(l.zp_k_offset, l.head_dim);
-  halves(l.s_row_k_offset, l.group_size);
-  halves(l.s_col_v_offset, l.head_dim);
-  halves(l.s_row_v_offset, l.group_size);
-  halves(l.zp_v_offset, l.group_size);
+  halves(l.s_col_k_offset, l.head_dim, 0);
+  halves(l.zp_k_offset, l.head_dim, 1);
+  halves(l.s_row_k_offset, l.group_size, 2);
+  halves(l.s_col_v_offset, l.head_dim, 3);
+  halves(l.s_row_v_offset, l.group_size, 4);
+  halves(l.zp_v_offset, l.group_size, 5);
   for (size_t i = l.data_end; i < l.record_bytes; ++i) d.padding_bad += gpu[i] != 0;
 }
 
@@ -243,10 +252,13 @@ void RunCompressCase(const CompressCase& cc, uint32_t seed) {
     }
   }
   const double eq = static_cast<double>(diff.codes_equal) / diff.codes;
-  std::printf("%s D=%d %s pattern=%d: codes equal %.5f%%, off>1 %zu, scales >1ulp %zu/%zu\n",
+  std::printf("%s D=%d %s pattern=%d: codes equal %.5f%%, off>1 %zu, scales >1ulp %zu/%zu "
+              "(s_col_K %zu zp_K %zu s_row_K %zu s_col_V %zu s_row_V %zu zp_V %zu)\n",
               std::string(PresetName(cc.preset)).c_str(), d,
               cc.dtype == DType::kFloat16 ? "fp16" : "bf16", cc.pattern, 100.0 * eq,
-              diff.codes_off_by_more, diff.scales_bad, diff.scales);
+              diff.codes_off_by_more, diff.scales_bad, diff.scales, diff.group_bad[0],
+              diff.group_bad[1], diff.group_bad[2], diff.group_bad[3], diff.group_bad[4],
+              diff.group_bad[5]);
   EXPECT_GE(eq, 0.999);
   EXPECT_EQ(diff.codes_off_by_more, 0u);
   EXPECT_EQ(diff.scales_bad, 0u);

@@ -84,6 +84,14 @@ __device__ __forceinline__ void Mma(float* d, uint32_t a0, uint32_t a1, uint32_t
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
+// (1024 + k) - 1024 = k exactly, for both halves: removes the magic offset from code
+// operands whose field sits low in the mantissa, where the tensor core's accumulation
+// (aligned to the largest term) would otherwise lose the code's bits.
+__device__ __forceinline__ uint32_t SubMagic(uint32_t x) {
+  uint32_t r;
+  asm("sub.f16x2 %0, %1, %2;\n" : "=r"(r) : "r"(x), "r"(kMagic));
+  return r;
+}
 __device__ __forceinline__ uint32_t PackHalf2(float lo, float hi) {
   const __half2 h = __floats2half2_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&h);
@@ -329,8 +337,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     for (int e = 0; e < 2; ++e) {
       const float qs = __shfl_sync(0xffffffffu, qsum, 4 * (2 * tig + e));
       const float bs = __shfl_sync(0xffffffffu, bias, 4 * (2 * tig + e));
-      c1[e] = bs - 1024.f * qs;
-      c16[e] = bs - 64.f * qs;
+      c1[e] = bs;               // f = 1 rows carry no offset
+      c16[e] = bs - 64.f * qs;  // f = 16 rows: (1024 + 16c)/16 = 64 + c
     }
     // Scores.
     float s[MT][4];
@@ -352,8 +360,9 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
             const uint32_t ya = ip ? (y[2 * cc] >> 8) : y[2 * cc];
             const uint32_t yb = ip ? (y[2 * cc + 1] >> 8) : y[2 * cc + 1];
             const int mt = 2 * (2 * cp + cc) + ip;
-            const uint32_t a0 = (ya & 0x000F000Fu) | kMagic, a1 = (ya & 0x00F000F0u) | kMagic;
-            const uint32_t a2 = (yb & 0x000F000Fu) | kMagic, a3 = (yb & 0x00F000F0u) | kMagic;
+            // Rows m = g: f = 1 fields, offset removed; rows m = g+8: f = 16, offset kept.
+            const uint32_t a0 = SubMagic((ya & 0x000F000Fu) | kMagic), a1 = (ya & 0x00F000F0u) | kMagic;
+            const uint32_t a2 = SubMagic((yb & 0x000F000Fu) | kMagic), a3 = (yb & 0x00F000F0u) | kMagic;
             Mma(s[mt], a0, a1, a2, a3, bqh[ks][0], bqh[ks][1]);
             Mma(s[mt], a0, a1, a2, a3, bql[ks][0], bql[ks][1]);
           }
@@ -451,36 +460,49 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
               for (int pp = 0; pp < 2; ++pp) {
                 const uint32_t mlo = 0x00030003u << (4 * pp), mhi = 0x000C000Cu << (4 * pp);
                 const int mv = chunk * S::kNpc + 2 * hx + pp;
-                Mma(va[mv], (y0 & mlo) | kMagic, (y0 & mhi) | kMagic, (y1 & mlo) | kMagic,
-                    (y1 & mhi) | kMagic, blo[mt], bhi[mt]);
+                uint32_t a0 = (y0 & mlo) | kMagic, a1 = (y0 & mhi) | kMagic;
+                uint32_t a2 = (y1 & mlo) | kMagic, a3 = (y1 & mhi) | kMagic;
+                if (pp == 0) {  // fields at bits 0-1 and 2-3 (f = 1, 4): no offset
+                  a0 = SubMagic(a0);
+                  a1 = SubMagic(a1);
+                  a2 = SubMagic(a2);
+                  a3 = SubMagic(a3);
+                }
+                Mma(va[mv], a0, a1, a2, a3, blo[mt], bhi[mt]);
               }
             } else {
               const int mv = chunk * S::kNpc + hx;
-              Mma(va[mv], (y0 & 0x000F000Fu) | kMagic, (y0 & 0x00F000F0u) | kMagic,
-                  (y1 & 0x000F000Fu) | kMagic, (y1 & 0x00F000F0u) | kMagic, blo[mt], bhi[mt]);
+              // Rows m = g hold f = 1 fields (no offset), rows m = g+8 f = 16 fields.
+              Mma(va[mv], SubMagic((y0 & 0x000F000Fu) | kMagic), (y0 & 0x00F000F0u) | kMagic,
+                  SubMagic((y1 & 0x000F000Fu) | kMagic), (y1 & 0x00F000F0u) | kMagic, blo[mt],
+                  bhi[mt]);
             }
           }
         }
       }
     }
-    // out += s_col_V·(va/f + Z - 1024·P'/f).
+    // out += s_col_V·(va/f + Z - [offset]·1024·P'/f).
 #pragma unroll
     for (int mv = 0; mv < MV; ++mv) {
       const int pi = mv % S::kNpc;
       const int ch_lo = S::kChPerChunk * (mv / S::kNpc) + (S::kChPerChunk / 8) * g + 2 * pi;
-      float flo, fhi;
+      float flo, fhi, olo, ohi;  // 1/f and the offset weight 1024/f (0: offset removed)
       if constexpr (VB == 2) {
         flo = (pi % 2) ? 1.f / 16.f : 1.f;
         fhi = (pi % 2) ? 1.f / 64.f : 1.f / 4.f;
+        olo = (pi % 2) ? 1024.f / 16.f : 0.f;
+        ohi = (pi % 2) ? 1024.f / 64.f : 0.f;
       } else {
         flo = 1.f;
         fhi = 1.f / 16.f;
+        olo = 0.f;
+        ohi = 1024.f / 16.f;
       }
       const float2 scv = LoadHalf2(rec + L.s_col_v_offset + 2 * ch_lo);
-      o[mv][0] = fmaf(scv.x, fmaf(va[mv][0], flo, zsum[0] - 1024.f * flo * psum[0]), o[mv][0]);
-      o[mv][1] = fmaf(scv.x, fmaf(va[mv][1], flo, zsum[1] - 1024.f * flo * psum[1]), o[mv][1]);
-      o[mv][2] = fmaf(scv.y, fmaf(va[mv][2], fhi, zsum[0] - 1024.f * fhi * psum[0]), o[mv][2]);
-      o[mv][3] = fmaf(scv.y, fmaf(va[mv][3], fhi, zsum[1] - 1024.f * fhi * psum[1]), o[mv][3]);
+      o[mv][0] = fmaf(scv.x, fmaf(va[mv][0], flo, zsum[0] - olo * psum[0]), o[mv][0]);
+      o[mv][1] = fmaf(scv.x, fmaf(va[mv][1], flo, zsum[1] - olo * psum[1]), o[mv][1]);
+      o[mv][2] = fmaf(scv.y, fmaf(va[mv][2], fhi, zsum[0] - ohi * psum[0]), o[mv][2]);
+      o[mv][3] = fmaf(scv.y, fmaf(va[mv][3], fhi, zsum[1] - ohi * psum[1]), o[mv][3]);
     }
   };
 

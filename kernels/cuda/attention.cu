@@ -84,14 +84,6 @@ __device__ __forceinline__ void Mma(float* d, uint32_t a0, uint32_t a1, uint32_t
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
-// (1024 + k) - 1024 = k exactly, for both halves: removes the magic offset from code
-// operands whose field sits low in the mantissa, where the tensor core's accumulation
-// (aligned to the largest term) would otherwise lose the code's bits.
-__device__ __forceinline__ uint32_t SubMagic(uint32_t x) {
-  uint32_t r;
-  asm("sub.f16x2 %0, %1, %2;\n" : "=r"(r) : "r"(x), "r"(kMagic));
-  return r;
-}
 __device__ __forceinline__ uint32_t PackHalf2(float lo, float hi) {
   const __half2 h = __floats2half2_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&h);
@@ -303,12 +295,17 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
   auto process_compressed = [&](const uint8_t* rec, int ntok, int tok_base) {
     const uint32_t rec_s = SmemAddr(rec);
     constexpr TileLayout L = S::kL;
-    // q' = q_rot·s_col_K as an fp16 hi/lo pair (two MMAs: fp32-accurate scores),
-    // bias = Σ q_rot·zp_K, qsum = Σ q' (of the fp16 parts, for the 1024 offsets).
-    uint32_t bqh[KS][2], bql[KS][2];
+    // Scores. Per k-step: q' = q_rot·s_col_K as an fp16 hi/lo pair (two MMAs, so the
+    // scores are fp32-accurate), bias += Σ q_rot·zp_K, qsum += Σ q'. Code fields are moved
+    // to bits 4-7 of each half (f = 16 for every row): the 1024 offset is then only 8.5×
+    // the code term, so the tensor core's accumulation keeps the code's bits.
+    float s[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) s[mt][0] = s[mt][1] = s[mt][2] = s[mt][3] = 0.f;
     float bias = 0.f, qsum = 0.f;
 #pragma unroll
     for (int ks = 0; ks < KS; ++ks) {
+      uint32_t bqh[2], bql[2];
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         const int d = 16 * ks + 8 * hh + 2 * tig;
@@ -318,34 +315,12 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
         const float q0 = qv.x * sc.x, q1 = qv.y * sc.y;
         const uint32_t hi = PackHalf2(q0, q1);
         const float2 hf = UnpackHalf2(hi);
-        const uint32_t lo = PackHalf2(q0 - hf.x, q1 - hf.y);
-        const float2 lf = UnpackHalf2(lo);
-        bqh[ks][hh] = hi;
-        bql[ks][hh] = lo;
-        qsum += (hf.x + hf.y) + (lf.x + lf.y);
+        bqh[hh] = hi;
+        bql[hh] = PackHalf2(q0 - hf.x, q1 - hf.y);
+        qsum += q0 + q1;  // hi + lo equals q' to 2^-22
         bias = fmaf(qv.x, zp.x, bias);
         bias = fmaf(qv.y, zp.y, bias);
       }
-    }
-    qsum += __shfl_xor_sync(0xffffffffu, qsum, 1);
-    qsum += __shfl_xor_sync(0xffffffffu, qsum, 2);
-    bias += __shfl_xor_sync(0xffffffffu, bias, 1);
-    bias += __shfl_xor_sync(0xffffffffu, bias, 2);
-    // Column 2tig+e lives in lanes 4*(2tig+e)+*.
-    float c1[2], c16[2];
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const float qs = __shfl_sync(0xffffffffu, qsum, 4 * (2 * tig + e));
-      const float bs = __shfl_sync(0xffffffffu, bias, 4 * (2 * tig + e));
-      c1[e] = bs;               // f = 1 rows carry no offset
-      c16[e] = bs - 64.f * qs;  // f = 16 rows: (1024 + 16c)/16 = 64 + c
-    }
-    // Scores.
-    float s[MT][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) s[mt][0] = s[mt][1] = s[mt][2] = s[mt][3] = 0.f;
-#pragma unroll
-    for (int ks = 0; ks < KS; ++ks) {
 #pragma unroll
       for (int cp = 0; cp < S::kKRowChunks / 2; ++cp) {
         const int j = lane >> 3, rho = lane & 7;
@@ -357,17 +332,30 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
         for (int cc = 0; cc < 2; ++cc) {
 #pragma unroll
           for (int ip = 0; ip < 2; ++ip) {
-            const uint32_t ya = ip ? (y[2 * cc] >> 8) : y[2 * cc];
-            const uint32_t yb = ip ? (y[2 * cc + 1] >> 8) : y[2 * cc + 1];
+            // Tokens 4g+2ip (row g) and 4g+2ip+1 (row g+8) of this chunk, at bits 4-7.
+            const uint32_t ya = y[2 * cc], yb = y[2 * cc + 1];
+            const uint32_t ya0 = ip ? (ya >> 4) : (ya << 4), ya1 = ip ? (ya >> 8) : ya;
+            const uint32_t yb0 = ip ? (yb >> 4) : (yb << 4), yb1 = ip ? (yb >> 8) : yb;
             const int mt = 2 * (2 * cp + cc) + ip;
-            // Rows m = g: f = 1 fields, offset removed; rows m = g+8: f = 16, offset kept.
-            const uint32_t a0 = SubMagic((ya & 0x000F000Fu) | kMagic), a1 = (ya & 0x00F000F0u) | kMagic;
-            const uint32_t a2 = SubMagic((yb & 0x000F000Fu) | kMagic), a3 = (yb & 0x00F000F0u) | kMagic;
-            Mma(s[mt], a0, a1, a2, a3, bqh[ks][0], bqh[ks][1]);
-            Mma(s[mt], a0, a1, a2, a3, bql[ks][0], bql[ks][1]);
+            const uint32_t a0 = (ya0 & 0x00F000F0u) | kMagic, a1 = (ya1 & 0x00F000F0u) | kMagic;
+            const uint32_t a2 = (yb0 & 0x00F000F0u) | kMagic, a3 = (yb1 & 0x00F000F0u) | kMagic;
+            Mma(s[mt], a0, a1, a2, a3, bqh[0], bqh[1]);
+            Mma(s[mt], a0, a1, a2, a3, bql[0], bql[1]);
           }
         }
       }
+    }
+    qsum += __shfl_xor_sync(0xffffffffu, qsum, 1);
+    qsum += __shfl_xor_sync(0xffffffffu, qsum, 2);
+    bias += __shfl_xor_sync(0xffffffffu, bias, 1);
+    bias += __shfl_xor_sync(0xffffffffu, bias, 2);
+    // Column 2tig+e lives in lanes 4*(2tig+e)+*. (1024 + 16c)/16 = 64 + c.
+    float c16[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const float qs = __shfl_sync(0xffffffffu, qsum, 4 * (2 * tig + e));
+      const float bs = __shfl_sync(0xffffffffu, bias, 4 * (2 * tig + e));
+      c16[e] = bs - 64.f * qs;
     }
     // Scale, bias, mask. Token of (mt = 2c+ip, row g) = 32c + 4g + 2ip, row g+8 = +1.
 #pragma unroll
@@ -379,8 +367,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
         const int mt = 2 * c + ip;
         const float slo = (ip ? r23.x : r01.x) * a.scale_log2;
         const float shi = (ip ? r23.y : r01.y) * a.scale_log2;
-        s[mt][0] = slo * (s[mt][0] + c1[0]);
-        s[mt][1] = slo * (s[mt][1] + c1[1]);
+        s[mt][0] = slo * fmaf(s[mt][0], 1.f / 16.f, c16[0]);
+        s[mt][1] = slo * fmaf(s[mt][1], 1.f / 16.f, c16[1]);
         s[mt][2] = shi * fmaf(s[mt][2], 1.f / 16.f, c16[0]);
         s[mt][3] = shi * fmaf(s[mt][3], 1.f / 16.f, c16[1]);
         if (tok_base + G > lim_min || ntok < G) {
@@ -451,31 +439,28 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
 #pragma unroll
         for (int cc = 0; cc < 2; ++cc) {
           const int chunk = 2 * cp + cc;
+          if constexpr (VB == 2) {
+            // Field pairs (2pi, 2pi+1) moved to bits 4-7 of each half: f = 16 and 64.
 #pragma unroll
-          for (int hx = 0; hx < 2; ++hx) {
-            const uint32_t y0 = hx ? (y[2 * cc] >> 8) : y[2 * cc];
-            const uint32_t y1 = hx ? (y[2 * cc + 1] >> 8) : y[2 * cc + 1];
-            if constexpr (VB == 2) {
+            for (int pi = 0; pi < 4; ++pi) {
+              const uint32_t y0 = y[2 * cc], y1 = y[2 * cc + 1];
+              const uint32_t z0 = pi == 0 ? (y0 << 4) : (pi == 1 ? y0 : (pi == 2 ? (y0 >> 4) : (y0 >> 8)));
+              const uint32_t z1 = pi == 0 ? (y1 << 4) : (pi == 1 ? y1 : (pi == 2 ? (y1 >> 4) : (y1 >> 8)));
+              const int mv = chunk * S::kNpc + pi;
+              Mma(va[mv], (z0 & 0x00300030u) | kMagic, (z0 & 0x00C000C0u) | kMagic,
+                  (z1 & 0x00300030u) | kMagic, (z1 & 0x00C000C0u) | kMagic, blo[mt], bhi[mt]);
+            }
+          } else {
+            // Nibble pairs (2pi, 2pi+1): row g field at bits 4-7 (f = 16) via a shift, row
+            // g+8 field at bits 4-7 (f = 16) of the next shift.
 #pragma unroll
-              for (int pp = 0; pp < 2; ++pp) {
-                const uint32_t mlo = 0x00030003u << (4 * pp), mhi = 0x000C000Cu << (4 * pp);
-                const int mv = chunk * S::kNpc + 2 * hx + pp;
-                uint32_t a0 = (y0 & mlo) | kMagic, a1 = (y0 & mhi) | kMagic;
-                uint32_t a2 = (y1 & mlo) | kMagic, a3 = (y1 & mhi) | kMagic;
-                if (pp == 0) {  // fields at bits 0-1 and 2-3 (f = 1, 4): no offset
-                  a0 = SubMagic(a0);
-                  a1 = SubMagic(a1);
-                  a2 = SubMagic(a2);
-                  a3 = SubMagic(a3);
-                }
-                Mma(va[mv], a0, a1, a2, a3, blo[mt], bhi[mt]);
-              }
-            } else {
-              const int mv = chunk * S::kNpc + hx;
-              // Rows m = g hold f = 1 fields (no offset), rows m = g+8 f = 16 fields.
-              Mma(va[mv], SubMagic((y0 & 0x000F000Fu) | kMagic), (y0 & 0x00F000F0u) | kMagic,
-                  SubMagic((y1 & 0x000F000Fu) | kMagic), (y1 & 0x00F000F0u) | kMagic, blo[mt],
-                  bhi[mt]);
+            for (int pi = 0; pi < 2; ++pi) {
+              const uint32_t y0 = y[2 * cc], y1 = y[2 * cc + 1];
+              const uint32_t l0 = pi ? (y0 >> 4) : (y0 << 4), h0 = pi ? (y0 >> 8) : y0;
+              const uint32_t l1 = pi ? (y1 >> 4) : (y1 << 4), h1 = pi ? (y1 >> 8) : y1;
+              const int mv = chunk * S::kNpc + pi;
+              Mma(va[mv], (l0 & 0x00F000F0u) | kMagic, (h0 & 0x00F000F0u) | kMagic,
+                  (l1 & 0x00F000F0u) | kMagic, (h1 & 0x00F000F0u) | kMagic, blo[mt], bhi[mt]);
             }
           }
         }
@@ -486,17 +471,15 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     for (int mv = 0; mv < MV; ++mv) {
       const int pi = mv % S::kNpc;
       const int ch_lo = S::kChPerChunk * (mv / S::kNpc) + (S::kChPerChunk / 8) * g + 2 * pi;
-      float flo, fhi, olo, ohi;  // 1/f and the offset weight 1024/f (0: offset removed)
+      float flo, fhi, olo, ohi;  // 1/f and the offset weight 1024/f
       if constexpr (VB == 2) {
-        flo = (pi % 2) ? 1.f / 16.f : 1.f;
-        fhi = (pi % 2) ? 1.f / 64.f : 1.f / 4.f;
-        olo = (pi % 2) ? 1024.f / 16.f : 0.f;
-        ohi = (pi % 2) ? 1024.f / 64.f : 0.f;
+        flo = 1.f / 16.f;
+        fhi = 1.f / 64.f;
+        olo = 64.f;
+        ohi = 16.f;
       } else {
-        flo = 1.f;
-        fhi = 1.f / 16.f;
-        olo = 0.f;
-        ohi = 1024.f / 16.f;
+        flo = fhi = 1.f / 16.f;
+        olo = ohi = 64.f;
       }
       const float2 scv = LoadHalf2(rec + L.s_col_v_offset + 2 * ch_lo);
       o[mv][0] = fmaf(scv.x, fmaf(va[mv][0], flo, zsum[0] - olo * psum[0]), o[mv][0]);
@@ -507,7 +490,11 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
   };
 
   // FP16 page block: K [n][D], V [n][D] fp16 in global memory, natural token order.
-  auto process_fp16 = [&](const __half* kp, const __half* vp, int ntok, int tok_base) {
+  // Rarely taken (sink and tail blocks): loops are kept rolled so that this path does not
+  // raise the register pressure of the compressed path; `scratch` (the unused stage
+  // buffer) holds the p fragments.
+  auto process_fp16 = [&](const __half* kp, const __half* vp, int ntok, int tok_base,
+                          uint32_t* scratch) {
     float s[MT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) s[mt][0] = s[mt][1] = s[mt][2] = s[mt][3] = 0.f;
@@ -515,7 +502,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
       if (t >= ntok) return 0u;
       return *reinterpret_cast<const uint32_t*>(kp + static_cast<int64_t>(t) * D + d);
     };
-#pragma unroll
+#pragma unroll 1
     for (int ks = 0; ks < KS; ++ks) {
       const float2 q0 = QR(ks, 0), q1 = QR(ks, 1);
       const uint32_t b0 = PackHalf2(q0.x, q0.y);
@@ -541,29 +528,30 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
       s[mt][3] = (t + 8 >= ntok || pos + 8 >= lim1) ? -INFINITY : s[mt][3] * a.scale_log2;
     }
     softmax_update(s);
-    uint32_t blo[MT], bhi[MT];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-      blo[mt] = MovTrans(PackHalf2(s[mt][0], s[mt][1]));
-      bhi[mt] = MovTrans(PackHalf2(s[mt][2], s[mt][3]));
+      scratch[(mt * 32 + lane) * 2] = MovTrans(PackHalf2(s[mt][0], s[mt][1]));
+      scratch[(mt * 32 + lane) * 2 + 1] = MovTrans(PackHalf2(s[mt][2], s[mt][3]));
     }
+    __syncwarp();
     auto vload = [&](int t, int d) -> uint32_t {
       if (t >= ntok) return 0u;
       return *reinterpret_cast<const uint32_t*>(vp + static_cast<int64_t>(t) * D + d);
     };
+#pragma unroll 1
+    for (int mt = 0; mt < MT; ++mt) {
+      const uint32_t blo = scratch[(mt * 32 + lane) * 2], bhi = scratch[(mt * 32 + lane) * 2 + 1];
 #pragma unroll
-    for (int mv = 0; mv < MV; ++mv) {
-      const int pi = mv % S::kNpc;
-      const int ch_lo = S::kChPerChunk * (mv / S::kNpc) + (S::kChPerChunk / 8) * g + 2 * pi;
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
+      for (int mv = 0; mv < MV; ++mv) {
+        const int pi = mv % S::kNpc;
+        const int ch_lo = S::kChPerChunk * (mv / S::kNpc) + (S::kChPerChunk / 8) * g + 2 * pi;
         const int t = 16 * mt + 2 * tig;
         const uint32_t x0 = vload(t, ch_lo), x1 = vload(t + 1, ch_lo);
         const uint32_t x8 = vload(t + 8, ch_lo), x9 = vload(t + 9, ch_lo);
         // a0: (ch_lo; t, t+1), a1: (ch_lo+1; t, t+1), a2/a3: tokens t+8, t+9.
         const uint32_t a0 = __byte_perm(x0, x1, 0x5410), a1 = __byte_perm(x0, x1, 0x7632);
         const uint32_t a2 = __byte_perm(x8, x9, 0x5410), a3 = __byte_perm(x8, x9, 0x7632);
-        Mma(o[mv], a0, a1, a2, a3, blo[mt], bhi[mt]);
+        Mma(o[mv], a0, a1, a2, a3, blo, bhi);
       }
     }
   };
@@ -583,7 +571,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
       const uint8_t* page = a.fp16_pages + static_cast<int64_t>(-e - 1) * a.fp16_page_stride;
       const __half* kp = reinterpret_cast<const __half*>(page) +
                          static_cast<int64_t>(h) * 2 * ntok * D;
-      process_fp16(kp, kp + static_cast<int64_t>(ntok) * D, ntok, j * G);
+      process_fp16(kp, kp + static_cast<int64_t>(ntok) * D, ntok, j * G,
+                   reinterpret_cast<uint32_t*>(stage_base + (k & 1) * S::kStageBytes));
     }
     __syncwarp();
   }

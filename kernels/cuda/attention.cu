@@ -29,8 +29,8 @@ namespace kvtier::kernels::cuda {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kStages = 2;
-constexpr int kCtasPerSm = 2;
+constexpr int kStages = 1;  // one record buffer per warp, K and V halves pipelined
+constexpr int kCtasPerSm = 3;
 constexpr uint32_t kMagic = 0x64006400u;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -206,34 +206,46 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
   uint8_t* stage_base = smem + warp * kStages * S::kStageBytes;
   const int32_t* bt = a.block_tables + static_cast<int64_t>(b) * a.block_table_stride;
 
-  auto issue = [&](int j, int st) {
-    if (j < blk_end) {
-      const int32_t e = bt[j];
-      if (e >= 0) {
-        const uint8_t* rec = a.tile_pages + static_cast<int64_t>(e) * a.tile_page_stride +
-                             static_cast<int64_t>(h) * S::kRecord;
-        const uint32_t dst = SmemAddr(stage_base + st * S::kStageBytes);
-        // K codes: chunk q = lane + 32i; the swizzle term (q >> 3) & (R-1) only depends on
-        // the lane (32i adds multiples of 4 to q >> 3).
-        {
-          const int pl = lane ^ ((lane >> 3) & (S::kKRowChunks - 1));
+  // The K half of a record ([0, v_codes_offset): K codes, s_col_K, zp_K, s_row_K) and
+  // its V half are copied in separate commit groups, so the next tile's K half streams
+  // in while this tile's V half is consumed, and vice versa.
+  uint8_t* const buf = stage_base;
+  const uint32_t buf_s = SmemAddr(buf);
+  auto record_of = [&](int j) -> const uint8_t* {
+    if (j >= blk_end) return nullptr;
+    const int32_t e = bt[j];
+    if (e < 0) return nullptr;
+    return a.tile_pages + static_cast<int64_t>(e) * a.tile_page_stride +
+           static_cast<int64_t>(h) * S::kRecord;
+  };
+  auto issue_k = [&](int j) {
+    const uint8_t* rec = record_of(j);
+    if (rec != nullptr) {
+      // K codes: chunk q = lane + 32i; the swizzle term (q >> 3) & (R-1) only depends on
+      // the lane (32i adds multiples of 4 to q >> 3).
+      const int pl = lane ^ ((lane >> 3) & (S::kKRowChunks - 1));
 #pragma unroll
-          for (int i = 0; i < S::kKChunks / 32; ++i) CpAsync16(dst + (pl + 32 * i) * 16, rec + (lane + 32 * i) * 16);
-        }
-        // Vectors between K and V codes, V codes (swizzled), trailing vectors: plain.
-        for (int q = S::kKChunks + lane; q < S::kVOffChunks; q += 32) CpAsync16(dst + q * 16, rec + q * 16);
-        {
-          constexpr int kShift = (S::kVRowChunks == 2 ? 1 : 2) + 2;
+      for (int i = 0; i < S::kKChunks / 32; ++i) {
+        CpAsync16(buf_s + (pl + 32 * i) * 16, rec + (lane + 32 * i) * 16);
+      }
+      for (int q = S::kKChunks + lane; q < S::kVOffChunks; q += 32) {
+        CpAsync16(buf_s + q * 16, rec + q * 16);
+      }
+    }
+    CpAsyncCommit();
+  };
+  auto issue_v = [&](int j) {
+    const uint8_t* rec = record_of(j);
+    if (rec != nullptr) {
+      constexpr int kShift = (S::kVRowChunks == 2 ? 1 : 2) + 2;
 #pragma unroll
-          for (int i = 0; i < S::kVChunks / 32; ++i) {
-            const int q = lane + 32 * i;
-            const int p = q ^ ((q >> kShift) & 7);
-            CpAsync16(dst + (S::kVOffChunks + p) * 16, rec + (S::kVOffChunks + q) * 16);
-          }
-        }
-        for (int q = S::kVOffChunks + S::kVChunks + lane; q < S::kRecord / 16; q += 32) {
-          CpAsync16(dst + q * 16, rec + q * 16);
-        }
+      for (int i = 0; i < S::kVChunks / 32; ++i) {
+        const int q = lane + 32 * i;
+        const int p = q ^ ((q >> kShift) & 7);
+        CpAsync16(buf_s + (S::kVOffChunks + p) * 16, rec + (S::kVOffChunks + q) * 16);
+      }
+      for (int q = S::kVOffChunks + S::kVChunks + lane; q < S::kRecord / 16; q += 32) {
+        CpAsync16(buf_s + q * 16, rec + q * 16);
       }
     }
     CpAsyncCommit();
@@ -292,14 +304,14 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
 
   // out += s_col_V[d]·(vacc/f + zc) for this thread's channels (compressed tiles), or
   // out += vacc (FP16 tiles: scv == nullptr).
-  auto process_compressed = [&](const uint8_t* rec, int ntok, int tok_base) {
+  // Phase A (K half): scores and the online softmax; s becomes p.
+  auto phase_a = [&](const uint8_t* rec, int ntok, int tok_base, float (&s)[MT][4]) {
     const uint32_t rec_s = SmemAddr(rec);
     constexpr TileLayout L = S::kL;
     // Scores. Per k-step: q' = q_rot·s_col_K as an fp16 hi/lo pair (two MMAs, so the
     // scores are fp32-accurate), bias += Σ q_rot·zp_K, qsum += Σ q'. Code fields are moved
     // to bits 4-7 of each half (f = 16 for every row): the 1024 offset is then only 8.5×
     // the code term, so the tensor core's accumulation keeps the code's bits.
-    float s[MT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) s[mt][0] = s[mt][1] = s[mt][2] = s[mt][3] = 0.f;
     float bias = 0.f, qsum = 0.f;
@@ -382,6 +394,11 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
       }
     }
     softmax_update(s);
+  };
+  // Phase B (V half): p' = p·s_row_V, the V product and the output update.
+  auto phase_b = [&](const uint8_t* rec, float (&s)[MT][4]) {
+    const uint32_t rec_s = SmemAddr(rec);
+    constexpr TileLayout L = S::kL;
     // p' = p·s_row_V (fp16), P' = Σ p' (rounded values), Z = Σ (p'/s_row_V)·zp_V: the
     // zero-point term uses the same rounded weights as the code term, so fp16 rounding
     // of p' perturbs the weights (like fp16 P in flash attention), not the V values.
@@ -558,23 +575,30 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
 
   // Pipeline: tile k of this warp is block blk_begin + warp + k*kWarps.
   int j = blk_begin + warp;
-  issue(j, 0);
-  for (int k = 0; j < blk_end; ++k, j += kWarps) {
-    issue(j + kWarps, (k + 1) & 1);
-    CpAsyncWait1();
+  issue_k(j);
+  issue_v(j);
+  for (; j < blk_end; j += kWarps) {
+    CpAsyncWait1();  // K half of tile j (its V half may still be in flight)
     __syncwarp();
     const int32_t e = bt[j];
     const int ntok = min(G, seq_len - j * G);
+    float s[MT][4];
     if (e >= 0) {
-      process_compressed(stage_base + (k & 1) * S::kStageBytes, ntok, j * G);
+      phase_a(buf, ntok, j * G, s);
     } else {
       const uint8_t* page = a.fp16_pages + static_cast<int64_t>(-e - 1) * a.fp16_page_stride;
       const __half* kp = reinterpret_cast<const __half*>(page) +
                          static_cast<int64_t>(h) * 2 * ntok * D;
       process_fp16(kp, kp + static_cast<int64_t>(ntok) * D, ntok, j * G,
-                   reinterpret_cast<uint32_t*>(stage_base + (k & 1) * S::kStageBytes));
+                   reinterpret_cast<uint32_t*>(buf));
     }
     __syncwarp();
+    issue_k(j + kWarps);
+    CpAsyncWait1();  // V half of tile j
+    __syncwarp();
+    if (e >= 0) phase_b(buf, s);
+    __syncwarp();
+    issue_v(j + kWarps);
   }
   CpAsyncWait0();
 
@@ -725,8 +749,9 @@ SplitPlan PlanSplits(int batch, int num_kv_heads, int col_groups, int max_seq_le
   int s = 1;
   if (forced > 0) {
     s = forced;
-  } else if (base < slots) {
-    s = static_cast<int>(std::min<int64_t>(slots / base, (nblk + kWarps - 1) / kWarps));
+  } else if (base < 2 * slots) {
+    // About two waves of CTAs (fills the slots left by the first), one tile per warp at least.
+    s = static_cast<int>(std::min<int64_t>(2 * slots / base, (nblk + kWarps - 1) / kWarps));
   }
   s = std::max(1, std::min(s, nblk));
   const int bps = (nblk + s - 1) / s;
@@ -758,10 +783,10 @@ size_t DecodeAttentionWorkspaceBytes(int batch, int num_q_heads, int num_query_t
   }
   const int g = GetPresetInfo(preset).group_size;
   const int nblk = std::max(1, (max_seq_len + g - 1) / g);
-  // Upper bound of any plan: the automatic plan is at most slots / (batch·Hk) splits with
+  // Upper bound of any plan: the automatic plan is at most 2·slots / (batch·Hk) splits with
   // Hk >= 1, and forced plans are capped at 8 by the launcher's contract below.
   const int64_t slots = static_cast<int64_t>(SmCount()) * kCtasPerSm;
-  const int64_t s_cap = std::min<int64_t>(nblk, std::max<int64_t>(8, slots / batch));
+  const int64_t s_cap = std::min<int64_t>(nblk, std::max<int64_t>(8, 2 * slots / batch));
   const int64_t rows = static_cast<int64_t>(batch) * num_q_heads * num_query_tokens;
   return static_cast<size_t>(rows * s_cap * (head_dim + 1) * sizeof(float)) + 256;
 }

@@ -38,6 +38,7 @@ constexpr float kLn2 = 0.6931471805599453f;
 struct AttnArgs {
   int num_q_heads, num_kv_heads, group, num_query_tokens, num_cols, col_groups;
   int batch, num_splits, blocks_per_split;
+  bool packed;  // <= 4 columns: q' hi parts in columns 0-3, lo parts in 4-7 (one MMA)
   float scale_log2;
   DType q_dtype;
   const void* q;
@@ -189,7 +190,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
   }
   // q_rot[col g][16ks + 8hh + 2tig + {0,1}], read from shared memory per tile (keeps 32
   // registers free).
-  const float* q_me = q_s + g * S::kQPitch + 2 * tig;
+  const float* q_me = q_s + (a.packed ? (g & 3) : g) * S::kQPitch + 2 * tig;
   auto QR = [&](int ks, int hh) -> float2 {
     return *reinterpret_cast<const float2*>(q_me + 16 * ks + 8 * hh);
   };
@@ -327,8 +328,9 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
         const float q0 = qv.x * sc.x, q1 = qv.y * sc.y;
         const uint32_t hi = PackHalf2(q0, q1);
         const float2 hf = UnpackHalf2(hi);
-        bqh[hh] = hi;
-        bql[hh] = PackHalf2(q0 - hf.x, q1 - hf.y);
+        const uint32_t lo = PackHalf2(q0 - hf.x, q1 - hf.y);
+        bqh[hh] = (a.packed && g >= 4) ? lo : hi;
+        bql[hh] = lo;
         qsum += q0 + q1;  // hi + lo equals q' to 2^-22
         bias = fmaf(qv.x, zp.x, bias);
         bias = fmaf(qv.y, zp.y, bias);
@@ -352,7 +354,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
             const uint32_t a0 = (ya0 & 0x00F000F0u) | kMagic, a1 = (ya1 & 0x00F000F0u) | kMagic;
             const uint32_t a2 = (yb0 & 0x00F000F0u) | kMagic, a3 = (yb1 & 0x00F000F0u) | kMagic;
             Mma(s[mt], a0, a1, a2, a3, bqh[0], bqh[1]);
-            Mma(s[mt], a0, a1, a2, a3, bql[0], bql[1]);
+            if (!a.packed) Mma(s[mt], a0, a1, a2, a3, bql[0], bql[1]);
           }
         }
       }
@@ -361,12 +363,22 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     qsum += __shfl_xor_sync(0xffffffffu, qsum, 2);
     bias += __shfl_xor_sync(0xffffffffu, bias, 1);
     bias += __shfl_xor_sync(0xffffffffu, bias, 2);
+    if (a.packed) {
+      // Column c holds the hi part, column c ^ 4 the lo part of the same head: add them
+      // (lanes tig and tig ^ 2); columns 4-7 then repeat 0-3 and are never stored.
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][e] += __shfl_xor_sync(0xffffffffu, s[mt][e], 2);
+      }
+    }
     // Column 2tig+e lives in lanes 4*(2tig+e)+*. (1024 + 16c)/16 = 64 + c.
     float c16[2];
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      const float qs = __shfl_sync(0xffffffffu, qsum, 4 * (2 * tig + e));
-      const float bs = __shfl_sync(0xffffffffu, bias, 4 * (2 * tig + e));
+      const int src = a.packed ? ((2 * tig + e) & 3) : (2 * tig + e);
+      const float qs = __shfl_sync(0xffffffffu, qsum, 4 * src);
+      const float bs = __shfl_sync(0xffffffffu, bias, 4 * src);
       c16[e] = bs - 64.f * qs;
     }
     // Scale, bias, mask. Token of (mt = 2c+ip, row g) = 32c + 4g + 2ip, row g+8 = +1.
@@ -741,6 +753,12 @@ struct SplitPlan {
   int blocks_per_split;
 };
 
+// Largest split count a launch may use (bounds the workspace).
+int64_t MaxSplits(int batch, int nblk) {
+  const int64_t slots = static_cast<int64_t>(SmCount()) * kCtasPerSm;
+  return std::max<int64_t>(1, std::min<int64_t>(nblk, std::max<int64_t>(8, 4 * slots / batch)));
+}
+
 SplitPlan PlanSplits(int batch, int num_kv_heads, int col_groups, int max_seq_len, int group_size,
                      int forced) {
   const int nblk = std::max(1, (max_seq_len + group_size - 1) / group_size);
@@ -749,9 +767,20 @@ SplitPlan PlanSplits(int batch, int num_kv_heads, int col_groups, int max_seq_le
   int s = 1;
   if (forced > 0) {
     s = forced;
-  } else if (base < 2 * slots) {
-    // About two waves of CTAs (fills the slots left by the first), one tile per warp at least.
-    s = static_cast<int>(std::min<int64_t>(2 * slots / base, (nblk + kWarps - 1) / kWarps));
+  } else {
+    // The fewest splits whose CTAs fill their waves to >= 85%, with at least one tile per
+    // warp; else the best fill within that bound.
+    const int64_t cap = std::min<int64_t>(MaxSplits(batch, nblk), (nblk + kWarps - 1) / kWarps);
+    double best_fill = 0.0;
+    for (int64_t c = 1; c <= std::max<int64_t>(1, cap); ++c) {
+      const int64_t ctas = base * c;
+      const double fill = static_cast<double>(ctas) / (((ctas + slots - 1) / slots) * slots);
+      if (fill > best_fill + 1e-9) {
+        best_fill = fill;
+        s = static_cast<int>(c);
+      }
+      if (fill >= 0.85) break;
+    }
   }
   s = std::max(1, std::min(s, nblk));
   const int bps = (nblk + s - 1) / s;
@@ -783,10 +812,8 @@ size_t DecodeAttentionWorkspaceBytes(int batch, int num_q_heads, int num_query_t
   }
   const int g = GetPresetInfo(preset).group_size;
   const int nblk = std::max(1, (max_seq_len + g - 1) / g);
-  // Upper bound of any plan: the automatic plan is at most 2·slots / (batch·Hk) splits with
-  // Hk >= 1, and forced plans are capped at 8 by the launcher's contract below.
-  const int64_t slots = static_cast<int64_t>(SmCount()) * kCtasPerSm;
-  const int64_t s_cap = std::min<int64_t>(nblk, std::max<int64_t>(8, 2 * slots / batch));
+  // Upper bound of any plan (forced plans are capped at 8 <= MaxSplits).
+  const int64_t s_cap = MaxSplits(batch, nblk);
   const int64_t rows = static_cast<int64_t>(batch) * num_q_heads * num_query_tokens;
   return static_cast<size_t>(rows * s_cap * (head_dim + 1) * sizeof(float)) + 256;
 }
@@ -811,6 +838,7 @@ cudaError_t DecodeAttention(const DecodeAttentionParams& p, cudaStream_t stream)
   a.num_cols = a.group * p.num_query_tokens;
   a.col_groups = (a.num_cols + 7) / 8;
   a.batch = p.batch;
+  a.packed = a.num_cols <= 4;
   const int g = GetPresetInfo(p.preset).group_size;
   const SplitPlan plan = PlanSplits(p.batch, p.num_kv_heads, a.col_groups, p.max_seq_len, g,
                                     p.force_num_splits);

@@ -115,7 +115,11 @@ struct AttnShape {
   static constexpr int kVChunks = G * D * VB / 128;
   static constexpr int kQPitch = D + 8;  // padded q_rot rows: conflict-free float2 reads
   static constexpr size_t kQBytes = 8 * kQPitch * sizeof(float);
-  static constexpr size_t kSmemBytes = kWarps * kStages * kStageBytes + kQBytes;
+  // Per-warp scratch for the p' fragments of one tile ([MT][32 lanes][2] u32), so that
+  // the V product can run as a rolled loop (small code: the kernel was instruction-fetch
+  // bound when fully unrolled).
+  static constexpr size_t kScratchBytes = kWarps * kMt * 32 * 8;
+  static constexpr size_t kSmemBytes = kWarps * kStages * kStageBytes + kQBytes + kScratchBytes;
   static_assert(kRecord % 16 == 0, "records stream in 16-byte chunks");
   static_assert(kKChunks % 32 == 0 && kVChunks % 32 == 0, "code regions are whole warps of chunks");
   static_assert(kL.v_codes_offset % 16 == 0, "V codes start on a chunk");
@@ -140,6 +144,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
   constexpr int KS = S::kKs, MT = S::kMt, MV = S::kMv;
   extern __shared__ __align__(128) uint8_t smem[];
   float* q_s = reinterpret_cast<float*>(smem + kWarps * kStages * S::kStageBytes);  // [8][D]
+  uint32_t* const pscr = reinterpret_cast<uint32_t*>(
+      smem + kWarps * kStages * S::kStageBytes + S::kQBytes + (threadIdx.x / 32) * (MT * 32 * 8));
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, tig = lane % 4;
@@ -316,7 +322,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) s[mt][0] = s[mt][1] = s[mt][2] = s[mt][3] = 0.f;
     float bias = 0.f, qsum = 0.f;
-#pragma unroll
+#pragma unroll 1
     for (int ks = 0; ks < KS; ++ks) {
       uint32_t bqh[2], bql[2];
 #pragma unroll
@@ -414,7 +420,6 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     // p' = p·s_row_V (fp16), P' = Σ p' (rounded values), Z = Σ (p'/s_row_V)·zp_V: the
     // zero-point term uses the same rounded weights as the code term, so fp16 rounding
     // of p' perturbs the weights (like fp16 P in flash attention), not the V values.
-    uint32_t blo[MT], bhi[MT];
     float psum[2] = {0.f, 0.f}, zsum[2] = {0.f, 0.f};
 #pragma unroll
     for (int c = 0; c < G / 32; ++c) {
@@ -438,8 +443,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
         zsum[1] += svl != 0.f ? lf.y * rl : s[mt][1] * zl;
         zsum[0] += svh != 0.f ? hf.x * rh : s[mt][2] * zh;
         zsum[1] += svh != 0.f ? hf.y * rh : s[mt][3] * zh;
-        blo[mt] = MovTrans(lo);
-        bhi[mt] = MovTrans(hi);
+        pscr[(mt * 32 + lane) * 2] = MovTrans(lo);
+        pscr[(mt * 32 + lane) * 2 + 1] = MovTrans(hi);
       }
     }
 #pragma unroll
@@ -455,9 +460,10 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
 #pragma unroll
     for (int i = 0; i < MV; ++i) va[i][0] = va[i][1] = va[i][2] = va[i][3] = 0.f;
     const uint32_t v_s = rec_s + static_cast<uint32_t>(L.v_codes_offset);
-#pragma unroll
+#pragma unroll 1
     for (int mt = 0; mt < MT; ++mt) {
       const int c = mt / 2, ip = mt % 2;
+      const uint2 bb = *reinterpret_cast<const uint2*>(&pscr[(mt * 32 + lane) * 2]);
 #pragma unroll
       for (int cp = 0; cp < S::kVRowChunks / 2; ++cp) {
         const int j = lane >> 3, rho = lane & 7;
@@ -477,7 +483,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
               const uint32_t z1 = pi == 0 ? (y1 << 4) : (pi == 1 ? y1 : (pi == 2 ? (y1 >> 4) : (y1 >> 8)));
               const int mv = chunk * S::kNpc + pi;
               Mma(va[mv], (z0 & 0x00300030u) | kMagic, (z0 & 0x00C000C0u) | kMagic,
-                  (z1 & 0x00300030u) | kMagic, (z1 & 0x00C000C0u) | kMagic, blo[mt], bhi[mt]);
+                  (z1 & 0x00300030u) | kMagic, (z1 & 0x00C000C0u) | kMagic, bb.x, bb.y);
             }
           } else {
             // Nibble pairs (2pi, 2pi+1): row g field at bits 4-7 (f = 16) via a shift, row
@@ -489,7 +495,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
               const uint32_t l1 = pi ? (y1 >> 4) : (y1 << 4), h1 = pi ? (y1 >> 8) : y1;
               const int mv = chunk * S::kNpc + pi;
               Mma(va[mv], (l0 & 0x00F000F0u) | kMagic, (h0 & 0x00F000F0u) | kMagic,
-                  (l1 & 0x00F000F0u) | kMagic, (h1 & 0x00F000F0u) | kMagic, blo[mt], bhi[mt]);
+                  (l1 & 0x00F000F0u) | kMagic, (h1 & 0x00F000F0u) | kMagic, bb.x, bb.y);
             }
           }
         }

@@ -1,18 +1,23 @@
 // Fused decode attention over a paged cache of KVarN tile records and FP16 pages
-// (DESIGN §3.4, KERNELS.md).
+// (DESIGN §3.4, KERNELS.md). Notes and measurements: docs/kernels-notes.md.
 //
-// Grid: (split, kv head × column group, request). A CTA has kWarps warps; each warp
-// streams whole tiles of its split (round robin), keeps its own online-softmax state
-// and merges with the other warps at the end; splits merge in a second kernel with
-// log-sum-exp weights. Per tile and warp:
+// Grid: (split, kv head × column group, request); 4 warps per CTA, 3 CTAs per SM. Each
+// warp streams whole tiles of its split (round robin), keeps its own online-softmax
+// state and merges with the other warps at the end; splits merge in a second kernel
+// with log-sum-exp weights. Columns are (query token, query head of the GQA group), 8
+// per CTA. Per tile and warp:
 //   scores^T [tokens × 8 cols] = codes_K^T [tokens × D] · q'^T [D × 8]   (mma m16n8k16)
 //   out^T    [D × 8 cols]      = codes_V^T [D × tokens] · p'^T [tokens × 8]
-// with q' = q_rot·s_col_K and p' = p·s_row_V in fp16, and codes turned into fp16
-// operands by one AND-OR with the 0x6400 exponent (value 1024 + f·code, f a power of
-// two given by the code's bit position). The 1024 offsets and the zero points come back
-// as per-column corrections, f as per-row factors. Records are streamed into shared
-// memory with 16-byte cp.async, two stages per warp, swizzled so that ldmatrix is
-// conflict-free.
+// with q' = q_rot·s_col_K split into fp16 hi + lo parts (two MMAs, or one MMA with hi in
+// columns 0-3 and lo in 4-7 when a CTA has at most 4 columns), so scores are
+// fp32-accurate, and p' = p·s_row_V in fp16 (the zero-point term uses the same rounded
+// weights). Codes become fp16 operands by a shift and one AND-OR with the 0x6400
+// exponent: every field sits at mantissa bits 4-7 (value 1024 + f·code, f = 16 or 64),
+// so the 1024 offset is at most 43× the code term and survives the tensor core's fp32
+// accumulation; offsets and zero points come back as per-column corrections, f as
+// per-row factors. Each warp owns one record buffer: the K half of the next tile streams
+// in (16-byte cp.async) while the V half of this one is consumed, and vice versa;
+// ldmatrix reads are conflict-free through an XOR swizzle applied by the copies.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 

@@ -179,6 +179,7 @@ struct CompressCase {
   int head_dim;
   DType dtype;
   int pattern;
+  bool mapped_host_dst = false;  // write records straight into mapped pinned host memory
 };
 
 // Compresses num_layers × entries × Hk tiles from a vLLM-layout cache
@@ -223,13 +224,25 @@ void RunCompressCase(const CompressCase& cc, uint32_t seed) {
   std::vector<int32_t> ids = {2, 0, 3};
   DevBuf dk(kh.size() * 2), dv(vh.size() * 2), dids(ids.size() * 4);
   const size_t out_bytes = static_cast<size_t>(layers) * entries * hk * l.record_bytes;
-  DevBuf dout(out_bytes);
+  DevBuf dout(cc.mapped_host_dst ? 0 : out_bytes);
+  void* host_out = nullptr;
+  uint8_t* dst = dout.as<uint8_t>();
+  if (cc.mapped_host_dst) {
+    CUDA_OK(cudaHostAlloc(&host_out, out_bytes, cudaHostAllocMapped));
+    void* dev_view = nullptr;
+    CUDA_OK(cudaHostGetDevicePointer(&dev_view, host_out, 0));
+    dst = static_cast<uint8_t*>(dev_view);
+  }
   ASSERT_NE(dk.p, nullptr);
-  ASSERT_NE(dout.p, nullptr);
+  ASSERT_NE(dst, nullptr);
   CUDA_OK(cudaMemcpy(dk.p, kh.data(), kh.size() * 2, cudaMemcpyHostToDevice));
   CUDA_OK(cudaMemcpy(dv.p, vh.data(), vh.size() * 2, cudaMemcpyHostToDevice));
   CUDA_OK(cudaMemcpy(dids.p, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
-  CUDA_OK(cudaMemset(dout.p, 0xA5, out_bytes));
+  if (cc.mapped_host_dst) {
+    std::memset(host_out, 0xA5, out_bytes);
+  } else {
+    CUDA_OK(cudaMemset(dout.p, 0xA5, out_bytes));
+  }
   CompressParams p;
   p.preset = cc.preset;
   p.head_dim = d;
@@ -245,13 +258,18 @@ void RunCompressCase(const CompressCase& cc, uint32_t seed) {
   p.src_head_stride = d;
   p.src_channel_stride = 1;
   p.block_ids = dids.as<int32_t>();
-  p.dst = dout.as<uint8_t>();
+  p.dst = dst;
   p.dst_block_stride = static_cast<int64_t>(hk) * l.record_bytes;
   p.dst_layer_stride = p.dst_block_stride * entries;
   CUDA_OK(Compress(p, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
   std::vector<uint8_t> got(out_bytes);
-  CUDA_OK(cudaMemcpy(got.data(), dout.p, out_bytes, cudaMemcpyDeviceToHost));
+  if (cc.mapped_host_dst) {
+    std::memcpy(got.data(), host_out, out_bytes);
+    CUDA_OK(cudaFreeHost(host_out));
+  } else {
+    CUDA_OK(cudaMemcpy(got.data(), dout.p, out_bytes, cudaMemcpyDeviceToHost));
+  }
 
   RecordDiff diff;
   std::vector<float> kt(static_cast<size_t>(g) * d), vt(static_cast<size_t>(g) * d);
@@ -317,6 +335,11 @@ TEST_F(KvarnCudaTest, CompressBf16Input) {
   const uint32_t seed = FreshSeed();
   RunCompressCase({Preset::kK4V2G128, 128, DType::kBFloat16, 0}, seed);
   RunCompressCase({Preset::kK4V4G64, 64, DType::kBFloat16, 0}, seed + 1);
+}
+
+TEST_F(KvarnCudaTest, CompressIntoMappedPinnedHostMemory) {
+  RunCompressCase({Preset::kK4V2G128, 128, DType::kFloat16, 0, /*mapped_host_dst=*/true},
+                  FreshSeed());
 }
 
 TEST_F(KvarnCudaTest, CompressRejectsBadArguments) {

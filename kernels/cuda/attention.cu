@@ -36,6 +36,16 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kStages = 1;  // one record buffer per warp, K and V halves pipelined
 constexpr int kCtasPerSm = 3;
+// Unroll factors of the per-tile k-step and V loops (code size vs. scheduling freedom:
+// the fully unrolled loop was instruction-fetch bound). Overridable for experiments.
+#ifndef KVTIER_ATTN_KS_UNROLL
+#define KVTIER_ATTN_KS_UNROLL 2
+#endif
+#ifndef KVTIER_ATTN_V_UNROLL
+#define KVTIER_ATTN_V_UNROLL 2
+#endif
+constexpr int kKsUnroll = KVTIER_ATTN_KS_UNROLL;
+constexpr int kVUnroll = KVTIER_ATTN_V_UNROLL;
 constexpr uint32_t kMagic = 0x64006400u;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -327,7 +337,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) s[mt][0] = s[mt][1] = s[mt][2] = s[mt][3] = 0.f;
     float bias = 0.f, qsum = 0.f;
-#pragma unroll 1
+#pragma unroll kKsUnroll
     for (int ks = 0; ks < KS; ++ks) {
       uint32_t bqh[2], bql[2];
 #pragma unroll
@@ -465,7 +475,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
 #pragma unroll
     for (int i = 0; i < MV; ++i) va[i][0] = va[i][1] = va[i][2] = va[i][3] = 0.f;
     const uint32_t v_s = rec_s + static_cast<uint32_t>(L.v_codes_offset);
-#pragma unroll 1
+#pragma unroll kVUnroll
     for (int mt = 0; mt < MT; ++mt) {
       const int c = mt / 2, ip = mt % 2;
       const uint2 bb = *reinterpret_cast<const uint2*>(&pscr[(mt * 32 + lane) * 2]);

@@ -144,7 +144,7 @@ struct DecodeAttentionParams {
   const int32_t* seq_lens = nullptr;
   void* workspace = nullptr;  // device, >= DecodeAttentionWorkspaceBytes(...), 16-B aligned
   size_t workspace_bytes = 0;
-  int force_num_splits = 0;  // tests: 0 = automatic
+  int force_num_splits = 0;  // 0: automatic (wave fill); 1..8: that many splits (tests)
 };
 
 // Workspace for the split-K partials of a launch with these parameters (fixed for given

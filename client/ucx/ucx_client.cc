@@ -165,7 +165,11 @@ class UcxConnection::Impl {
 
   // Runs a request: builds nothing, just ships p (request_bytes set) and waits.
   void Run(const std::shared_ptr<Pending>& p, absl::Duration timeout) {
-    if (timeout <= absl::ZeroDuration()) timeout = options_.request_timeout;
+    if (timeout < absl::ZeroDuration()) {
+      p->status = absl::DeadlineExceededError("UCX request deadline already passed");
+      return;
+    }
+    if (timeout == absl::ZeroDuration()) timeout = options_.request_timeout;
     p->deadline = absl::Now() + timeout;
     {
       absl::ReaderMutexLock lock(&close_mu_);

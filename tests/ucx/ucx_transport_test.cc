@@ -477,6 +477,8 @@ TEST_P(UcxTransportTest, RequestWithoutAnswerInTimeIsDeadlineExceeded) {
     absl::MutexLock lock(&mu_);
     authorize_stall_ = absl::ZeroDuration();
   }
+  EXPECT_EQ(c->Lookup(kNs, 0, {H(1)}, 0, absl::Milliseconds(-1)).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
   // The late answer is dropped; the connection keeps working.
   absl::SleepFor(absl::Milliseconds(400));
   n = c->Lookup(kNs, 0, {H(1)});

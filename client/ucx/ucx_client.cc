@@ -140,18 +140,36 @@ class UcxConnection::Impl {
     (void)loop_->Call([this]() -> absl::Status {
       broken_ = true;
       FailAll(absl::UnavailableError("UCX connection closed"));
-      CloseEndpoint(/*force=*/false);
+      // A graceful close would wait for sends still in flight (a Put whose payload the
+      // server has not pulled yet); force it then, which completes them as cancelled.
+      bool sending = false;
+      for (const auto& [id, p] : pending_) sending |= p->registered && !p->send_done;
+      CloseEndpoint(/*force=*/sending);
+      loop_->ProgressUntil([this] { return pending_.empty(); }, absl::Seconds(2));
       return absl::OkStatus();
     });
     loop_->Stop();
     loop_.reset();
+    // The worker is gone, so UCX reads no caller buffer any more: release any caller still
+    // waiting (not expected after the forced close, but never leave one blocked).
+    for (auto& [id, p] : pending_) {
+      if (p->completed) continue;
+      if (p->status.ok()) p->status = absl::UnavailableError("UCX connection closed");
+      p->completed = true;
+      p->done.Notify();
+    }
+    pending_.clear();
   }
 
   bool connected() const { return !broken_.load(); }
 
   // Runs a request: builds nothing, just ships p (request_bytes set) and waits.
   void Run(const std::shared_ptr<Pending>& p, absl::Duration timeout) {
-    if (timeout <= absl::ZeroDuration()) timeout = options_.request_timeout;
+    if (timeout < absl::ZeroDuration()) {
+      p->status = absl::DeadlineExceededError("UCX request deadline already passed");
+      return;
+    }
+    if (timeout == absl::ZeroDuration()) timeout = options_.request_timeout;
     p->deadline = absl::Now() + timeout;
     {
       absl::ReaderMutexLock lock(&close_mu_);

@@ -82,7 +82,8 @@ class UcxConnection {
   UcxConnection& operator=(const UcxConnection&) = delete;
   ~UcxConnection();  // Close()
 
-  // In every call, timeout <= 0 means options.request_timeout.
+  // In every call, timeout == 0 (the default) means options.request_timeout; a negative
+  // timeout returns kDeadlineExceeded without sending anything.
 
   // Leading blocks of `chain` present on the server (stops at the first miss).
   absl::StatusOr<uint32_t> Lookup(absl::string_view ns, uint32_t part,

@@ -70,6 +70,9 @@ TEST(UcxLoopTest, TasksRunOnTheLoopThreadInOrder) {
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
   ASSERT_EQ(order.size(), 100u);
   for (int i = 0; i < 100; ++i) EXPECT_EQ(order[i], i);
+  // The hook runs after the tasks of an iteration: a task posted after an earlier one ran
+  // runs in a later iteration, after at least one hook call.
+  ASSERT_TRUE(loop->Call([] { return absl::OkStatus(); }).ok());
   EXPECT_GT(iterations.load(), 0);
 
   // Call from the loop thread runs inline (no deadlock).

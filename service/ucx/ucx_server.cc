@@ -252,12 +252,13 @@ class UcxDataPlane::Impl {
         ucs_status_ptr_t sp = ucp_ep_close_nbx(ep, &p);
         if (sp != nullptr && !UCS_PTR_IS_ERR(sp)) closing.push_back(sp);
       };
-      for (auto& [ep, conn] : conns_) {
-        conn->failed = true;
-        close(ep, 0);
-      }
+      // After a drain timeout, descriptors still held are released first.
+      for (auto& [ep, conn] : conns_) conn->failed = true;
+      StartWaitingPuts(/*all=*/true);
+      OnIteration();
+      for (auto& [ep, conn] : conns_) close(ep, 0);
       conns_.clear();
-      for (ucp_ep_h ep : to_close_) close(ep, UCP_EP_CLOSE_FLAG_FORCE);
+      for (std::shared_ptr<Conn>& conn : to_close_) close(conn->ep, UCP_EP_CLOSE_FLAG_FORCE);
       to_close_.clear();
       loop_->ProgressUntil(
           [&] {
@@ -292,6 +293,10 @@ class UcxDataPlane::Impl {
   struct Conn {
     ucp_ep_h ep = nullptr;
     bool failed = false;  // the endpoint reported an error or is closing: send nothing
+    // Rendezvous descriptors of this endpoint we hold (returned UCS_INPROGRESS for) and
+    // have neither received nor released. A failed endpoint is closed only once this is 0:
+    // UCX answers a descriptor through its endpoint.
+    int held_descs = 0;
   };
 
   // One request from receipt to its last response's completion. Loop thread only.
@@ -343,8 +348,8 @@ class UcxDataPlane::Impl {
     auto it = self->conns_.find(ep);
     if (it == self->conns_.end()) return;
     it->second->failed = true;
+    self->to_close_.push_back(it->second);
     self->conns_.erase(it);
-    self->to_close_.push_back(ep);
   }
 
   static ucs_status_t OnRequestAm(void* arg, const void* header, size_t header_length,
@@ -364,6 +369,7 @@ class UcxDataPlane::Impl {
     ucs_status_t ret = UCS_OK;
     if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
       job.rndv_desc = data;
+      job.conn->held_descs++;
       ret = UCS_INPROGRESS;  // keep the descriptor until we receive or release it
     } else if (length > 0) {
       const auto* p = static_cast<const uint8_t*>(data);
@@ -409,21 +415,37 @@ class UcxDataPlane::Impl {
       deferred_.pop_front();
       task();
     }
-    while (!waiting_puts_.empty() &&
-           (inflight_put_bytes_ == 0 ||
-            inflight_put_bytes_ + waiting_puts_.front().first <= options_.max_inflight_put_bytes)) {
-      auto start = std::move(waiting_puts_.front().second);
-      waiting_puts_.pop_front();
-      start();
-    }
-    for (ucp_ep_h ep : to_close_) {
+    StartWaitingPuts(/*all=*/false);
+    // Close failed endpoints once no descriptor of theirs is held.
+    std::vector<std::shared_ptr<Conn>> keep;
+    for (std::shared_ptr<Conn>& conn : to_close_) {
+      if (conn->held_descs > 0) {
+        keep.push_back(std::move(conn));
+        continue;
+      }
       ucp_request_param_t p{};
       p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
       p.flags = UCP_EP_CLOSE_FLAG_FORCE;
-      ucs_status_ptr_t sp = ucp_ep_close_nbx(ep, &p);
+      ucs_status_ptr_t sp = ucp_ep_close_nbx(conn->ep, &p);
       if (sp != nullptr && !UCS_PTR_IS_ERR(sp)) ucp_request_free(sp);
     }
-    to_close_.clear();
+    to_close_.swap(keep);
+  }
+
+  // Starts queued rendezvous puts while the budget allows (`all`: every one); puts of failed
+  // endpoints start at once (they only release their descriptor).
+  void StartWaitingPuts(bool all) {
+    for (auto it = waiting_puts_.begin(); it != waiting_puts_.end();) {
+      bool fits = inflight_put_bytes_ == 0 ||
+                  inflight_put_bytes_ + it->bytes <= options_.max_inflight_put_bytes;
+      if (all || fits || it->conn->failed) {
+        auto start = std::move(it->start);
+        it = waiting_puts_.erase(it);
+        start();
+      } else {
+        ++it;
+      }
+    }
   }
 
   void Accept(ucp_conn_request_h conn_request) {
@@ -471,12 +493,24 @@ class UcxDataPlane::Impl {
       rejected_before_receive_.fetch_add(1);
       ucp_am_data_release(loop_->worker(), job.rndv_desc);
       job.rndv_desc = nullptr;
+      job.conn->held_descs--;
     }
     job.data.clear();
   }
 
-  // Receives rendezvous data into `buf` (n bytes, owned by the caller until done runs).
-  void ReceiveRndv(void* desc, void* buf, size_t n, absl::AnyInvocable<void(absl::Status)> done) {
+  // Receives the rendezvous data of `desc` (held for `conn`) into `buf` (n bytes, owned by
+  // the caller until done runs). On a failed endpoint the descriptor is released instead
+  // and done gets kUnavailable.
+  void ReceiveRndv(Conn& conn, void* desc, void* buf, size_t n,
+                   absl::AnyInvocable<void(absl::Status)> done) {
+    conn.held_descs--;
+    if (conn.failed) {
+      ucp_am_data_release(loop_->worker(), desc);
+      deferred_.push_back([done = std::move(done)]() mutable {
+        done(absl::UnavailableError("UCX connection lost before the data was received"));
+      });
+      return;
+    }
     rendezvous_receives_.fetch_add(1);
     auto* ctx = new RecvCtx{this, std::move(done)};
     ucp_request_param_t p{};
@@ -526,7 +560,7 @@ class UcxDataPlane::Impl {
     }
     auto buf = std::make_shared<std::vector<uint8_t>>(job.length);
     void* desc = job.rndv_desc;
-    ReceiveRndv(desc, buf->data(), buf->size(), [this, req, buf](absl::Status s) {
+    ReceiveRndv(*job.conn, desc, buf->data(), buf->size(), [this, req, buf](absl::Status s) {
       if (!s.ok()) {
         Fail(req, absl::UnavailableError(s.message()));
         return;
@@ -730,7 +764,7 @@ class UcxDataPlane::Impl {
     auto start = [this, req, key = std::move(key), desc, n]() mutable {
       inflight_put_bytes_ += n;
       std::shared_ptr<std::vector<uint8_t>> buf = NewPayloadBuffer(n);
-      ReceiveRndv(desc, buf->data(), n,
+      ReceiveRndv(*req->conn, desc, buf->data(), n,
                   [this, req, key = std::move(key), buf, n](absl::Status s) mutable {
                     if (s.ok()) {
                       FinishPut(req, key, std::move(buf), n);
@@ -744,7 +778,7 @@ class UcxDataPlane::Impl {
     if (inflight_put_bytes_ == 0 || inflight_put_bytes_ + n <= options_.max_inflight_put_bytes) {
       start();
     } else {
-      waiting_puts_.emplace_back(n, std::move(start));
+      waiting_puts_.push_back(WaitingPut{n, req->conn, std::move(start)});
     }
   }
 
@@ -839,10 +873,15 @@ class UcxDataPlane::Impl {
   ucp_listener_h listener_ = nullptr;
   bool draining_ = false;
   std::unordered_map<ucp_ep_h, std::shared_ptr<Conn>> conns_;
-  std::vector<ucp_ep_h> to_close_;
+  std::vector<std::shared_ptr<Conn>> to_close_;  // failed, to close once no desc is held
   std::deque<absl::AnyInvocable<void()>> deferred_;
   uint64_t inflight_put_bytes_ = 0;
-  std::deque<std::pair<uint64_t, absl::AnyInvocable<void()>>> waiting_puts_;
+  struct WaitingPut {
+    uint64_t bytes;
+    std::shared_ptr<Conn> conn;
+    absl::AnyInvocable<void()> start;
+  };
+  std::deque<WaitingPut> waiting_puts_;  // rendezvous puts waiting for budget
 
   std::unique_ptr<StorePool> pool_;  // null: store calls run inline on the loop thread
   absl::Mutex completions_mu_;

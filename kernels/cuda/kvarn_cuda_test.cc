@@ -441,6 +441,7 @@ struct Request {
 
 struct AttnCase {
   Preset preset = Preset::kK4V2G128;
+  int head_dim = 128;
   int num_q_heads = 32, num_kv_heads = 8, query_tokens = 1;
   std::vector<int> seq_lens;
   bool sink = true;
@@ -451,7 +452,7 @@ struct AttnCase {
 
 void RunAttnCase(const AttnCase& ac, uint32_t seed) {
   std::mt19937 rng(seed);
-  const int d = 128, hk = ac.num_kv_heads, hq = ac.num_q_heads, T = ac.query_tokens;
+  const int d = ac.head_dim, hk = ac.num_kv_heads, hq = ac.num_q_heads, T = ac.query_tokens;
   const TileLayout l = MakeTileLayout(ac.preset, d);
   const int g = l.group_size;
   const int batch = static_cast<int>(ac.seq_lens.size());
@@ -677,8 +678,8 @@ void RunAttnCase(const AttnCase& ac, uint32_t seed) {
       EXPECT_LE(rel_gpu, tol) << "b=" << b << " i=" << i << " seq=" << r.seq_len;
     }
   }
-  std::printf("attention %s B=%d Hq=%d Hk=%d T=%d splits=%d: worst (err - tol) %.3g\n",
-              std::string(PresetName(ac.preset)).c_str(), batch, hq, hk, T, ac.force_splits,
+  std::printf("attention %s D=%d B=%d Hq=%d Hk=%d T=%d splits=%d: worst (err - tol) %.3g\n",
+              std::string(PresetName(ac.preset)).c_str(), d, batch, hq, hk, T, ac.force_splits,
               worst_margin);
 }
 
@@ -750,6 +751,36 @@ TEST_F(KvarnCudaTest, AttentionBf16QueryAndGraphCapture) {
   gcase.seq_lens = {1500, 40, 900};
   gcase.graph = true;
   RunAttnCase(gcase, FreshSeed());
+}
+
+TEST_F(KvarnCudaTest, AttentionHeadDims64And256AllPresets) {
+  const uint32_t seed = FreshSeed();
+  int i = 0;
+  for (int d : {64, 256}) {
+    for (Preset preset : kAllPresets) {
+      AttnCase c;
+      c.head_dim = d;
+      c.preset = preset;
+      c.num_q_heads = 8;
+      c.num_kv_heads = 2;
+      c.seq_lens = {1, 127, 128, 300, 1000, 0, 2049};
+      RunAttnCase(c, seed + i++);
+    }
+    AttnCase split;  // forced split-K with the merge kernel
+    split.head_dim = d;
+    split.num_q_heads = 16;
+    split.num_kv_heads = 2;
+    split.seq_lens = {2000, 700};
+    split.force_splits = 3;
+    RunAttnCase(split, seed + i++);
+    AttnCase mq;  // multi-query, causal within the new tokens, GQA 3
+    mq.head_dim = d;
+    mq.num_q_heads = 6;
+    mq.num_kv_heads = 2;
+    mq.query_tokens = 5;
+    mq.seq_lens = {128 * 3 + 20, 128 + 9, 8};
+    RunAttnCase(mq, seed + i++);
+  }
 }
 
 TEST_F(KvarnCudaTest, AttentionRejectsBadArguments) {

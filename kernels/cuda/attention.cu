@@ -4,7 +4,8 @@
 // Grid: (split, kv head × column group, request); 4 warps per CTA, 3 CTAs per SM. Each
 // warp streams whole tiles of its split (round robin), keeps its own online-softmax
 // state and merges with the other warps at the end; splits merge in a second kernel
-// with log-sum-exp weights. Columns are (query token, query head of the GQA group), 8
+// with log-sum-exp weights (head_dim 64 and 256: GenericDecodeKernel, CUDA cores, same
+// grid and merge). Columns are (query token, query head of the GQA group), 8
 // per CTA. Per tile and warp:
 //   scores^T [tokens × 8 cols] = codes_K^T [tokens × D] · q'^T [D × 8]   (mma m16n8k16)
 //   out^T    [D × 8 cols]      = codes_V^T [D × tokens] · p'^T [tokens × 8]

@@ -4,7 +4,8 @@
 // Grid: (split, kv head × column group, request); 4 warps per CTA, 3 CTAs per SM. Each
 // warp streams whole tiles of its split (round robin), keeps its own online-softmax
 // state and merges with the other warps at the end; splits merge in a second kernel
-// with log-sum-exp weights. Columns are (query token, query head of the GQA group), 8
+// with log-sum-exp weights (head_dim 64 and 256: GenericDecodeKernel, CUDA cores, same
+// grid and merge). Columns are (query token, query head of the GQA group), 8
 // per CTA. Per tile and warp:
 //   scores^T [tokens × 8 cols] = codes_K^T [tokens × D] · q'^T [D × 8]   (mma m16n8k16)
 //   out^T    [D × 8 cols]      = codes_V^T [D × tokens] · p'^T [tokens × 8]
@@ -755,6 +756,231 @@ __global__ void __launch_bounds__(D) MergeKernel(const AttnArgs a) {
   }
 }
 
+// Decode attention for head dims other than 128 (64, 256): a plain CUDA-core kernel with
+// the same grid, column mapping, split-K workspace and merge as DecodeKernel. One CTA of
+// kWarps warps per (split, kv head, 8-column group, request) walks its blocks in order;
+// scores and the online softmax per block go through shared memory, each thread keeps
+// D/16 output accumulators in registers. Each tile is read once per CTA (once per kv head
+// for GQA ratios up to 8 with one query token). Correct first; not tuned (the tensor-core
+// DecodeKernel is D=128 only).
+template <int D>
+__global__ void __launch_bounds__(kWarps * 32) GenericDecodeKernel(const AttnArgs a,
+                                                                   const TileLayout L) {
+  constexpr int NT = kWarps * 32, kMaxG = 128, kPer = 8 * D / NT;
+  __shared__ float q_s[8 * D];
+  __shared__ float p_s[8 * kMaxG];
+  __shared__ float f_k[2 * D + kMaxG];  // s_col_k, zp_k, s_row_k
+  __shared__ float f_v[D + 2 * kMaxG];  // s_col_v, s_row_v, zp_v
+  __shared__ float m_s[8], l_s[8], alpha_s[8];
+  __shared__ int lim_s[8];
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int split = blockIdx.x;
+  const int h = blockIdx.y / a.col_groups;
+  const int col0 = (blockIdx.y % a.col_groups) * 8;
+  const int b = blockIdx.z;
+  const int seq_len = a.seq_lens[b];
+  const int T = a.num_query_tokens;
+  const int rows_per_req = a.num_q_heads * T;
+  const int G = L.group_size, KB = L.key_bits, VB = L.value_bits;
+
+  auto col_row = [&](int n, int& limit) -> int {
+    const int c = col0 + n;
+    if (n >= 8 || c >= a.num_cols) {
+      limit = 0;
+      return -1;
+    }
+    const int i = c / a.group, j = c % a.group;
+    limit = seq_len - T + 1 + i;
+    return i * a.num_q_heads + h * a.group + j;
+  };
+
+  for (int idx = tid; idx < 8 * D; idx += NT) {
+    const int n = idx / D, d = idx % D;
+    int lim;
+    const int row = col_row(n, lim);
+    q_s[idx] = row >= 0 ? internal::LoadAsFloat(
+                              a.q, (static_cast<int64_t>(b) * rows_per_req + row) * D + d,
+                              a.q_dtype)
+                        : 0.f;
+  }
+  if (tid < 8) {
+    int lim;
+    col_row(tid, lim);
+    lim_s[tid] = lim;
+    m_s[tid] = -INFINITY;
+    l_s[tid] = 0.f;
+  }
+  __syncthreads();
+  const float fsc = static_cast<float>(1.0 / sqrt(static_cast<double>(D)));
+  for (int hh = 1; hh < D; hh <<= 1) {
+    for (int i = tid; i < 8 * D / 2; i += NT) {
+      const int n = i / (D / 2), k = i % (D / 2);
+      const int lo = n * D + (k / hh) * 2 * hh + (k % hh);
+      const float x0 = q_s[lo], x1 = q_s[lo + hh];
+      q_s[lo] = x0 + x1;
+      q_s[lo + hh] = x0 - x1;
+    }
+    __syncthreads();
+  }
+  for (int i = tid; i < 8 * D; i += NT) q_s[i] *= fsc;
+  __syncthreads();
+
+  float acc[kPer];
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) acc[k] = 0.f;
+
+  const int nblk = (seq_len + G - 1) / G;
+  const int blk_begin = split * a.blocks_per_split;
+  const int blk_end = min(nblk, blk_begin + a.blocks_per_split);
+  const int32_t* bt = a.block_tables + static_cast<int64_t>(b) * a.block_table_stride;
+  for (int j = blk_begin; j < blk_end; ++j) {
+    const int32_t e = bt[j];
+    const int ntok = min(G, seq_len - j * G);
+    const uint8_t* rec = nullptr;
+    const __half* kp = nullptr;
+    const __half* vp = nullptr;
+    if (e >= 0) {
+      rec = a.tile_pages + static_cast<int64_t>(e) * a.tile_page_stride +
+            static_cast<int64_t>(h) * static_cast<int64_t>(L.record_bytes);
+      auto half_at = [&](size_t off, int i) {
+        return __half2float(reinterpret_cast<const __half*>(rec + off)[i]);
+      };
+      for (int i = tid; i < D; i += NT) {
+        f_k[i] = half_at(L.s_col_k_offset, i);
+        f_k[D + i] = half_at(L.zp_k_offset, i);
+        f_v[i] = half_at(L.s_col_v_offset, i);
+      }
+      for (int i = tid; i < G; i += NT) {
+        f_k[2 * D + i] = half_at(L.s_row_k_offset, i);
+        f_v[D + i] = half_at(L.s_row_v_offset, i);
+        f_v[D + kMaxG + i] = half_at(L.zp_v_offset, i);
+      }
+    } else {
+      const uint8_t* page = a.fp16_pages + static_cast<int64_t>(-e - 1) * a.fp16_page_stride;
+      kp = reinterpret_cast<const __half*>(page) + static_cast<int64_t>(h) * 2 * ntok * D;
+      vp = kp + static_cast<int64_t>(ntok) * D;
+    }
+    __syncthreads();
+    // Scores (log2 units) of the 8 columns × G tokens.
+    for (int idx = tid; idx < 8 * G; idx += NT) {
+      const int n = idx / G, t = idx % G;
+      float sc = -INFINITY;
+      if (t < ntok && j * G + t < lim_s[n]) {
+        const float* q = q_s + n * D;
+        float dot = 0.f;
+        if (rec != nullptr) {
+          const uint8_t* codes = rec + L.k_codes_offset + t * KB / 8;
+          const int sh = (t % (8 / KB)) * KB, mask = (1 << KB) - 1;
+          for (int c = 0; c < D; ++c) {
+            const int code = (__ldg(codes + c * L.k_row_bytes) >> sh) & mask;
+            dot += q[c] * (static_cast<float>(code) * f_k[c] + f_k[D + c]);
+          }
+          dot *= f_k[2 * D + t];
+        } else {
+          const __half* kt = kp + static_cast<int64_t>(t) * D;
+          for (int c = 0; c < D; ++c) dot += q[c] * __half2float(kt[c]);
+        }
+        sc = dot * a.scale_log2;
+      }
+      p_s[n * kMaxG + t] = sc;
+    }
+    __syncthreads();
+    // Online softmax: one warp per column.
+    for (int n = warp; n < 8; n += kWarps) {
+      float mx = -INFINITY;
+      for (int t = lane; t < G; t += 32) mx = fmaxf(mx, p_s[n * kMaxG + t]);
+      mx = internal::WarpMax(mx);
+      const float m_old = m_s[n];
+      const float m_new = fmaxf(m_old, mx);
+      float sum = 0.f;
+      for (int t = lane; t < G; t += 32) {
+        const float sc = p_s[n * kMaxG + t];
+        const float pv = sc == -INFINITY ? 0.f : exp2f(sc - m_new);
+        p_s[n * kMaxG + t] = pv;
+        sum += pv;
+      }
+      sum = internal::WarpSum(sum);
+      __syncwarp();
+      if (lane == 0) {
+        const float alpha = m_old == -INFINITY ? 0.f : exp2f(m_old - m_new);
+        alpha_s[n] = alpha;
+        l_s[n] = l_s[n] * alpha + sum;
+        m_s[n] = m_new;
+      }
+    }
+    __syncthreads();
+    // P·V into the register accumulators.
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const int idx = tid + k * NT, n = idx / D, c = idx % D;
+      float v_acc = 0.f;
+      const float* pn = p_s + n * kMaxG;
+      if (rec != nullptr) {
+        const uint8_t* codes = rec + L.v_codes_offset + c * VB / 8;
+        const int sh = (c % (8 / VB)) * VB, mask = (1 << VB) - 1;
+        for (int t = 0; t < ntok; ++t) {
+          const int code = (__ldg(codes + t * L.v_row_bytes) >> sh) & mask;
+          v_acc += pn[t] * (static_cast<float>(code) * f_v[D + t] + f_v[D + kMaxG + t]);
+        }
+        v_acc *= f_v[c];
+      } else {
+        for (int t = 0; t < ntok; ++t) {
+          v_acc += pn[t] * __half2float(vp[static_cast<int64_t>(t) * D + c]);
+        }
+      }
+      acc[k] = acc[k] * alpha_s[n] + v_acc;
+    }
+    __syncthreads();  // p_s, f_k, f_v are rewritten by the next block
+  }
+
+  // Normalized (rotated) output per column into q_s; lse (log2) per column.
+  float* res = q_s;
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    const int idx = tid + k * NT, n = idx / D;
+    const float l = l_s[n];
+    res[idx] = l > 0.f ? acc[k] / l : 0.f;
+  }
+  __syncthreads();
+  if (a.num_splits > 1) {
+    for (int idx = tid; idx < 8 * D; idx += NT) {
+      const int n = idx / D, d = idx % D;
+      int lim;
+      const int row = col_row(n, lim);
+      if (row < 0) continue;
+      const int64_t grow = static_cast<int64_t>(b) * rows_per_req + row;
+      a.ws_o[(grow * a.num_splits + split) * D + d] = res[idx];
+      if (d == 0) {
+        a.ws_lse[grow * a.num_splits + split] =
+            l_s[n] > 0.f ? m_s[n] + log2f(l_s[n]) : -INFINITY;
+      }
+    }
+    return;
+  }
+  for (int hh = 1; hh < D; hh <<= 1) {
+    for (int i = tid; i < 8 * D / 2; i += NT) {
+      const int n = i / (D / 2), k = i % (D / 2);
+      const int lo = n * D + (k / hh) * 2 * hh + (k % hh);
+      const float x0 = res[lo], x1 = res[lo + hh];
+      res[lo] = x0 + x1;
+      res[lo + hh] = x0 - x1;
+    }
+    __syncthreads();
+  }
+  for (int idx = tid; idx < 8 * D; idx += NT) {
+    const int n = idx / D, d = idx % D;
+    int lim;
+    const int row = col_row(n, lim);
+    if (row < 0) continue;
+    const int64_t grow = static_cast<int64_t>(b) * rows_per_req + row;
+    internal::StoreFromFloat(a.out, grow * D + d, res[idx] * fsc, a.q_dtype);
+    if (d == 0 && a.lse != nullptr) {
+      a.lse[grow] = l_s[n] > 0.f ? (m_s[n] + log2f(l_s[n])) * kLn2 : -INFINITY;
+    }
+  }
+}
+
 int SmCount() {
   static int counts[64] = {};
   int dev = 0;
@@ -824,6 +1050,18 @@ cudaError_t LaunchDecode(const AttnArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+template <int D>
+cudaError_t LaunchGenericDecode(const AttnArgs& a, const TileLayout& layout,
+                                cudaStream_t stream) {
+  const dim3 grid(a.num_splits, a.num_kv_heads * a.col_groups, a.batch);
+  GenericDecodeKernel<D><<<grid, kWarps * 32, 0, stream>>>(a, layout);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess || a.num_splits == 1) return e;
+  const int64_t rows = static_cast<int64_t>(a.batch) * a.num_q_heads * a.num_query_tokens;
+  MergeKernel<D><<<static_cast<unsigned>(rows), D, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 size_t DecodeAttentionWorkspaceBytes(int batch, int num_q_heads, int num_query_tokens,
@@ -849,7 +1087,7 @@ cudaError_t DecodeAttention(const DecodeAttentionParams& p, cudaStream_t stream)
       (reinterpret_cast<uintptr_t>(p.fp16_pages) & 3) != 0) {
     return cudaErrorInvalidValue;
   }
-  if (p.head_dim != 128) return cudaErrorNotSupported;
+  if (!IsSupportedHeadDim(p.head_dim)) return cudaErrorNotSupported;
   if (p.batch == 0) return cudaSuccess;
   AttnArgs a{};
   a.num_q_heads = p.num_q_heads;
@@ -886,6 +1124,10 @@ cudaError_t DecodeAttention(const DecodeAttentionParams& p, cudaStream_t stream)
     }
     a.ws_o = static_cast<float*>(p.workspace);
     a.ws_lse = a.ws_o + rows * a.num_splits * p.head_dim;
+  }
+  if (p.head_dim == 64) return LaunchGenericDecode<64>(a, MakeTileLayout(p.preset, 64), stream);
+  if (p.head_dim == 256) {
+    return LaunchGenericDecode<256>(a, MakeTileLayout(p.preset, 256), stream);
   }
   switch (p.preset) {
     case Preset::kK4V2G128: return LaunchDecode<128, 128, 2>(a, stream);

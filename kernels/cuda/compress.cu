@@ -1,15 +1,13 @@
 // Compress kernel: paged FP16/BF16 K/V -> KVarN tile records (DESIGN §3.1-3.2).
 //
-// One CTA per (layer, block, kv head, role), role 0 = K tile, role 1 = V tile; D*G/64
-// threads, each holding 64 values of the rotated fp32 tile in registers. The tile is
-// kept token-major: warp w owns tokens [w*TPW, w*TPW+TPW), lane l owns channels
-// [l*CPL, l*CPL+CPL). Per-token statistics reduce across the lanes of a warp
-// (reduce-scatter shuffles), per-channel statistics across warps (shared memory).
-//
-// The normalization follows kernels/cpu/codec.cc (NormalizeLog) pass for pass, but uses
-// one-pass variances of X·exp(-l) (KERNELS.md): the statistics differ from the CPU's
-// two-pass ones by rounding only. The final scales use exp in double and the balanced
-// tile uses the same divisions as the CPU, so codes match except at rounding ties.
+// One CTA per (layer, block, kv head, role), role 0 = K tile, role 1 = V tile, with
+// max(D, G) threads. The rotated fp32 tile sits in shared memory, token-major with an odd
+// pitch (D + 1 floats), so one thread walking a row and one walking a column are both
+// bank-conflict-free. Thread i owns column i and row i of the quantized matrix and does
+// their sums sequentially, so the statistics are the CPU reference's bit for bit
+// (kernels/cpu/codec_internal.h "Arithmetic contract"; this file is built with
+// -fmad=false and uses __f*_rn intrinsics where it matters). The records match the CPU's
+// byte for byte, barring a difference between CUDA's and the host's double exp/log.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -51,74 +49,52 @@ __device__ __forceinline__ float ExpD(float x) {
   return static_cast<float>(exp(static_cast<double>(x)));
 }
 
-// Reduce-scatter of N values over the 32 lanes of a warp: afterwards, for N >= 32, lane l
-// holds the sums of indices l*(N/32) + i in v[i] (i < N/32); for N < 32 lane l holds the
-// sum of index l >> (5 - log2 N) in v[0].
-template <int N>
-__device__ __forceinline__ void ReduceScatter(float* v, int lane) {
-  int n = N;
-#pragma unroll
-  for (int m = 16; m >= 1; m >>= 1) {
-    if (n > 1) {
-      const bool upper = (lane & m) != 0;
-#pragma unroll
-      for (int i = 0; i < N / 2; ++i) {
-        if (i < n / 2) {
-          const float keep = upper ? v[i + n / 2] : v[i];
-          const float send = upper ? v[i] : v[i + n / 2];
-          v[i] = keep + __shfl_xor_sync(0xffffffffu, send, m);
-        }
-      }
-      n >>= 1;
-    } else {
-      v[0] += __shfl_xor_sync(0xffffffffu, v[0], m);
-    }
-  }
+__device__ __forceinline__ float LogD(float x) {
+  return static_cast<float>(log(static_cast<double>(x)));
+}
+
+__device__ __forceinline__ float Clamp(float v, float lo, float hi) {
+  return fminf(fmaxf(v, lo), hi);
 }
 
 template <int D, int G>
 struct Shape {
-  static constexpr int kThreads = D * G / 64;
+  static constexpr int kThreads = D > G ? D : G;  // one thread per row and per column
   static constexpr int kWarps = kThreads / 32;
-  static constexpr int kTpw = G / kWarps;  // tokens per warp
-  static constexpr int kCpl = D / 32;      // channels per lane
-  static constexpr int kPitch = D + 8;     // floats per staged token row
-  static_assert(kTpw * kCpl == 64, "64 values per thread");
-  // Shared memory (floats): staged tile, then vectors.
+  static constexpr int kPitch = D + 1;  // odd: row-wise and column-wise walks conflict-free
   static constexpr int kTileFloats = G * kPitch;
-  static constexpr int kVecFloats = 3 * (G + D) + kWarps * D * 2 + 8 * kWarps;
+  static constexpr int kVecFloats = 2 * (D + G) + 2 * kWarps * 4;
   static constexpr size_t kSmemBytes = sizeof(float) * (kTileFloats + kVecFloats);
 };
 
-template <int D, int G>
-__global__ void __launch_bounds__(Shape<D, G>::kThreads)
-    CompressKernel(const CompressArgs a) {
+// One role (0: K tile, rows = channels, cols = tokens; 1: V tile, rows = tokens, cols =
+// channels) of one tile. The arithmetic is the CPU reference's, operation for operation
+// (kernels/cpu/codec_internal.h "Arithmetic contract"): every sum runs sequentially in
+// index order in one thread (thread i owns column i and row i), divisions are IEEE
+// divisions, products are never fused into adds, exp and log run in double.
+template <int D, int G, int ROLE>
+__device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem) {
   using S = Shape<D, G>;
-  constexpr int NT = S::kThreads, W = S::kWarps, TPW = S::kTpw, CPL = S::kCpl, P = S::kPitch;
-  extern __shared__ __align__(16) float smem[];
-  float* tile = smem;                          // [G][P]
-  float* l_t = tile + S::kTileFloats;          // [G] log scale per token
-  float* l_d = l_t + G;                        // [D] log scale per channel
-  float* best_t = l_d + D;                     // [G]
-  float* best_d = best_t + G;                  // [D]
-  float* m_t = best_d + D;                     // [G] exp(-l_t)
-  float* m_d = m_t + G;                        // [D] exp(-l_d)
-  float* part = m_d + D;                       // [W][D][2]
-  float* red = part + W * D * 2;               // [W][8]
+  constexpr int NT = S::kThreads, P = S::kPitch;
+  constexpr int R = ROLE == 0 ? D : G;  // rows of the quantized matrix
+  constexpr int C = ROLE == 0 ? G : D;  // columns
+  float* tile = smem;              // [G][P], token-major rotated fp32 tile
+  float* ec = tile + S::kTileFloats;  // [C] exp(lc)
+  float* er = ec + C;                 // [R] exp(lr)
+  float* red = er + R;                // [2][W][4] min/max partials (double-buffered)
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int role = blockIdx.y;  // 0: K (rows = channels), 1: V (rows = tokens)
   const int64_t tile_index = blockIdx.x;
   const int h = static_cast<int>(tile_index % a.num_kv_heads);
   const int64_t li = tile_index / a.num_kv_heads;
   const int entry = static_cast<int>(li % a.num_blocks);
   const int layer = static_cast<int>(li / a.num_blocks);
   const int64_t block = a.block_ids[entry];
-  const void* src = a.src[role];
+  const void* src = a.src[ROLE];
   const int64_t base =
       layer * a.s_layer + block * a.s_block + static_cast<int64_t>(h) * a.s_head;
 
-  // ---- 1. Load, convert, first three FWHT stages (channel bits 0..2) ----
+  // ---- 1. Load, convert, FWHT butterflies h = 1, 2, 4 (channels 8k..8k+7) ----
   constexpr int kChunks = G * D / 8;
   for (int k = tid; k < kChunks; k += NT) {
     const int t = k / (D / 8), c0 = (k % (D / 8)) * 8;
@@ -134,12 +110,11 @@ __global__ void __launch_bounds__(Shape<D, G>::kThreads)
       }
     }
     HadamardLocal<8>(v);
-    float4* dst = reinterpret_cast<float4*>(tile + t * P + c0);
-    dst[0] = make_float4(v[0], v[1], v[2], v[3]);
-    dst[1] = make_float4(v[4], v[5], v[6], v[7]);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) tile[t * P + c0 + i] = v[i];
   }
   __syncthreads();
-  // ---- 2. Remaining stages (channel bits 3..log2 D - 1), then 1/sqrt(D) ----
+  // ---- 2. Butterflies h = 8 .. D/2, then one multiply by (float)(1/sqrt(D)) ----
   {
     const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(D)));
     for (int k = tid; k < G * 8; k += NT) {
@@ -149,334 +124,161 @@ __global__ void __launch_bounds__(Shape<D, G>::kThreads)
       for (int i = 0; i < D / 8; ++i) v[i] = tile[t * P + clo + 8 * i];
       HadamardLocal<D / 8>(v);
 #pragma unroll
-      for (int i = 0; i < D / 8; ++i) tile[t * P + clo + 8 * i] = v[i] * scale;
+      for (int i = 0; i < D / 8; ++i) tile[t * P + clo + 8 * i] = __fmul_rn(v[i], scale);
     }
   }
-  for (int i = tid; i < G; i += NT) {
-    l_t[i] = 0.f;
-    m_t[i] = 1.f;
-    best_t[i] = 0.f;
-  }
-  for (int i = tid; i < D; i += NT) {
-    l_d[i] = 0.f;
-    m_d[i] = 1.f;
-    best_d[i] = 0.f;
-  }
+  if (tid < C) ec[tid] = 1.f;
+  if (tid < R) er[tid] = 1.f;
   __syncthreads();
-  // ---- 3. Registers: x[i][j] = X[token warp*TPW+i][channel lane*CPL+j] ----
-  float x[TPW][CPL];
-#pragma unroll
-  for (int i = 0; i < TPW; ++i) {
-#pragma unroll
-    for (int j = 0; j < CPL; ++j) x[i][j] = tile[(warp * TPW + i) * P + lane * CPL + j];
-  }
-  const int tok0 = warp * TPW, ch0 = lane * CPL;
 
-  // Per-token statistics (reduce over channels), multipliers m_d. Returns, in the lane that
-  // owns token `my_tok` (or -1), the std of X·m_d over the token's D values.
-  auto pass_over_d = [&](int& my_tok, float& my_std) {
-    float md[CPL];
-#pragma unroll
-    for (int j = 0; j < CPL; ++j) md[j] = m_d[ch0 + j];
-    constexpr int N = 2 * TPW;
-    float v[N];
-#pragma unroll
-    for (int i = 0; i < TPW; ++i) {
-      float s = 0.f, s2 = 0.f;
-#pragma unroll
-      for (int j = 0; j < CPL; ++j) {
-        const float u = x[i][j] * md[j];
-        s += u;
-        s2 = fmaf(u, u, s2);
-      }
-      v[2 * i] = s;
-      v[2 * i + 1] = s2;
-    }
-    ReduceScatter<N>(v, lane);
-    float s, s2;
-    if constexpr (N >= 64) {
-      // lane holds indices 2*lane*(N/64) ...: with N == 64, v[0], v[1] = token lane.
-      static_assert(N == 64, "TPW <= 32");
-      s = v[0];
-      s2 = v[1];
-      my_tok = tok0 + lane;
-    } else {
-      constexpr int kShift = (N == 32) ? 0 : (N == 16 ? 1 : 2);
-      const int idx = lane >> kShift;
-      const float other = __shfl_xor_sync(0xffffffffu, v[0], 1 << kShift);
-      s = (idx & 1) ? other : v[0];
-      s2 = (idx & 1) ? v[0] : other;
-      my_tok = ((idx & 1) == 0 && (lane & ((1 << kShift) - 1)) == 0) ? tok0 + idx / 2 : -1;
-    }
-    const float n = static_cast<float>(D);
-    const float var = fmaxf((s2 - s * s / n) / (n - 1.f), 0.f);
-    my_std = sqrtf(var);
+  // X[r][c] of the quantized matrix.
+  auto X = [&](int r, int c) -> float {
+    return ROLE == 0 ? tile[c * P + r] : tile[r * P + c];
   };
-  // Per-channel statistics (reduce over tokens), multipliers m_t. Thread tid < D owns
-  // channel tid afterwards. Ends with a __syncthreads (part[] consumed).
-  auto pass_over_t = [&](float& my_std) {
-    float mt[TPW];
-#pragma unroll
-    for (int i = 0; i < TPW; ++i) mt[i] = m_t[tok0 + i];
-#pragma unroll
-    for (int j = 0; j < CPL; ++j) {
-      float s = 0.f, s2 = 0.f;
-#pragma unroll
-      for (int i = 0; i < TPW; ++i) {
-        const float u = x[i][j] * mt[i];
-        s += u;
-        s2 = fmaf(u, u, s2);
-      }
-      part[(warp * D + ch0 + j) * 2] = s;
-      part[(warp * D + ch0 + j) * 2 + 1] = s2;
+  // Y = (X / ec[c]) / er[r], as the CPU's Scale.
+  // Column std of Y (thread tid < C), sequential over rows.
+  auto col_std = [&]() -> float {
+    const int c = tid;
+    const float e = ec[c];
+    float sum = 0.f;
+#pragma unroll 8
+    for (int r = 0; r < R; ++r) sum = __fadd_rn(sum, __fdiv_rn(__fdiv_rn(X(r, c), e), er[r]));
+    const float mean = __fdiv_rn(sum, static_cast<float>(R));
+    float ss = 0.f;
+#pragma unroll 8
+    for (int r = 0; r < R; ++r) {
+      const float d = __fsub_rn(__fdiv_rn(__fdiv_rn(X(r, c), e), er[r]), mean);
+      ss = __fadd_rn(ss, __fmul_rn(d, d));
     }
-    __syncthreads();
-    my_std = 0.f;
-    if (tid < D) {
-      float s = 0.f, s2 = 0.f;
-      for (int w = 0; w < W; ++w) {
-        s += part[(w * D + tid) * 2];
-        s2 += part[(w * D + tid) * 2 + 1];
-      }
-      const float n = static_cast<float>(G);
-      my_std = sqrtf(fmaxf((s2 - s * s / n) / (n - 1.f), 0.f));
-    }
+    return __fsqrt_rn(__fdiv_rn(ss, static_cast<float>(R - 1)));
   };
-  // Block-wide max and min of `value` over threads with `valid`; slot selects red[] column.
-  auto block_minmax = [&](bool valid, float value, int slot, float& mx, float& mn) {
-    float a_mx = valid ? value : -FLT_MAX, a_mn = valid ? value : FLT_MAX;
-    a_mx = internal::WarpMax(a_mx);
-    a_mn = internal::WarpMin(a_mn);
+  // Row std of Y (thread tid < R), sequential over columns.
+  auto row_std = [&]() -> float {
+    const int r = tid;
+    const float e = er[r];
+    float sum = 0.f;
+#pragma unroll 8
+    for (int c = 0; c < C; ++c) sum = __fadd_rn(sum, __fdiv_rn(__fdiv_rn(X(r, c), ec[c]), e));
+    const float mean = __fdiv_rn(sum, static_cast<float>(C));
+    float ss = 0.f;
+#pragma unroll 8
+    for (int c = 0; c < C; ++c) {
+      const float d = __fsub_rn(__fdiv_rn(__fdiv_rn(X(r, c), ec[c]), e), mean);
+      ss = __fadd_rn(ss, __fmul_rn(d, d));
+    }
+    return __fsqrt_rn(__fdiv_rn(ss, static_cast<float>(C - 1)));
+  };
+  // imb = cmax / max(cmin, floor) + rmax / max(rmin, floor); min/max are exact in any
+  // order. Ends after a barrier; `buf` alternates so consecutive calls don't race.
+  auto imbalance = [&](float cs, float rs, int buf) -> float {
+    float cmx = tid < C ? cs : -FLT_MAX, cmn = tid < C ? cs : FLT_MAX;
+    float rmx = tid < R ? rs : -FLT_MAX, rmn = tid < R ? rs : FLT_MAX;
+    cmx = internal::WarpMax(cmx);
+    cmn = internal::WarpMin(cmn);
+    rmx = internal::WarpMax(rmx);
+    rmn = internal::WarpMin(rmn);
+    float* rb = red + buf * S::kWarps * 4;
     if (lane == 0) {
-      red[warp * 8 + slot] = a_mx;
-      red[warp * 8 + slot + 1] = a_mn;
+      rb[warp * 4 + 0] = cmx;
+      rb[warp * 4 + 1] = cmn;
+      rb[warp * 4 + 2] = rmx;
+      rb[warp * 4 + 3] = rmn;
     }
     __syncthreads();
-    mx = -FLT_MAX;
-    mn = FLT_MAX;
-    for (int w = 0; w < W; ++w) {
-      mx = fmaxf(mx, red[w * 8 + slot]);
-      mn = fminf(mn, red[w * 8 + slot + 1]);
+    cmx = -FLT_MAX;
+    cmn = FLT_MAX;
+    rmx = -FLT_MAX;
+    rmn = FLT_MAX;
+    for (int w = 0; w < S::kWarps; ++w) {
+      cmx = fmaxf(cmx, rb[w * 4 + 0]);
+      cmn = fminf(cmn, rb[w * 4 + 1]);
+      rmx = fmaxf(rmx, rb[w * 4 + 2]);
+      rmn = fminf(rmn, rb[w * 4 + 3]);
     }
+    return __fadd_rn(__fdiv_rn(cmx, fmaxf(cmn, kImbFloor)), __fdiv_rn(rmx, fmaxf(rmn, kImbFloor)));
   };
 
-  // Column pass: col stds of Y (current l). K: cols = tokens; V: cols = channels.
-  // Returns the owner flag/index and std (std of Y, i.e. times the column's multiplier).
-  auto col_pass = [&](int& owner, float& std_y) {
-    if (role == 0) {
-      int tok;
-      float sd;
-      pass_over_d(tok, sd);
-      owner = tok;
-      std_y = tok >= 0 ? sd * m_t[tok] : 0.f;
-    } else {
-      float sd;
-      pass_over_t(sd);
-      owner = tid < D ? tid : -1;
-      std_y = tid < D ? sd * m_d[tid] : 0.f;
-    }
-  };
-  auto row_pass = [&](int& owner, float& std_y) {
-    if (role == 0) {
-      float sd;
-      pass_over_t(sd);
-      owner = tid < D ? tid : -1;
-      std_y = tid < D ? sd * m_d[tid] : 0.f;
-    } else {
-      int tok;
-      float sd;
-      pass_over_d(tok, sd);
-      owner = tok;
-      std_y = tok >= 0 ? sd * m_t[tok] : 0.f;
-    }
-  };
-  float* l_col = role == 0 ? l_t : l_d;
-  float* m_col = role == 0 ? m_t : m_d;
-  float* best_col = role == 0 ? best_t : best_d;
-  float* l_row = role == 0 ? l_d : l_t;
-  float* m_row = role == 0 ? m_d : m_t;
-  float* best_row = role == 0 ? best_d : best_t;
-  constexpr int kCols0 = G, kRows0 = D;  // K tile: rows = channels, cols = tokens
-  const int n_cols = role == 0 ? kCols0 : kRows0;
-  const int n_rows = role == 0 ? kRows0 : kCols0;
-
-  // imb(X): row stds of X (col stds come from the first column pass below).
-  float row_mx, row_mn;
-  {
-    int owner;
-    float sd;
-    row_pass(owner, sd);
-    block_minmax(owner >= 0, sd, 0, row_mx, row_mn);
-  }
-  float best_imb = 0.f;
-  for (int it = 0; it <= a.iterations; ++it) {
-    int owner;
-    float sd;
-    col_pass(owner, sd);
-    float col_mx, col_mn;
-    block_minmax(owner >= 0, sd, 2, col_mx, col_mn);
-    const float imb = col_mx / fmaxf(col_mn, kImbFloor) + row_mx / fmaxf(row_mn, kImbFloor);
-    const bool better = it == 0 || imb <= best_imb;
-    if (better) best_imb = imb;
-    if (better && it > 0) {
-      for (int i = tid; i < n_rows; i += NT) best_row[i] = l_row[i];
-      if (owner >= 0) best_col[owner] = l_col[owner];
-    }
-    if (it == a.iterations) break;
-    if (owner >= 0) {
-      const float s = fminf(fmaxf(sd, kStdLo), kStdHi);
-      const float l = fminf(fmaxf(l_col[owner] + logf(s), kLogLo), kLogHi);
-      l_col[owner] = l;
-      m_col[owner] = 1.f / expf(l);
+  // ---- 3. Log-domain normalization (NormalizeLog) ----
+  float cs = tid < C ? col_std() : 0.f;
+  float rs = tid < R ? row_std() : 0.f;
+  float best = imbalance(cs, rs, 0);
+  float lc = 0.f, lr = 0.f, best_lc = 0.f, best_lr = 0.f;
+  for (int it = 1; it <= a.iterations; ++it) {
+    if (tid < C) {
+      lc = Clamp(__fadd_rn(lc, LogD(Clamp(cs, kStdLo, kStdHi))), kLogLo, kLogHi);
+      ec[tid] = ExpD(lc);
     }
     __syncthreads();
-    row_pass(owner, sd);
-    float fin = 0.f;
-    if (owner >= 0) {
-      const float s = fminf(fmaxf(sd, kStdLo), kStdHi);
-      const float old = l_row[owner];
-      const float l = fminf(fmaxf(old + logf(s), kLogLo), kLogHi);
-      l_row[owner] = l;
-      m_row[owner] = 1.f / expf(l);
-      fin = sd * expf(old - l);
+    if (tid < R) {  // reads er[tid] only: the update below races with nobody
+      rs = row_std();
+      lr = Clamp(__fadd_rn(lr, LogD(Clamp(rs, kStdLo, kStdHi))), kLogLo, kLogHi);
+      er[tid] = ExpD(lr);
     }
-    block_minmax(owner >= 0, fin, 4, row_mx, row_mn);  // syncs: l_row visible after
-    (void)n_cols;
-  }
-  __syncthreads();
-
-  // ---- 4. Final scales (exp in double, as the CPU) and balanced values ----
-  for (int i = tid; i < G; i += NT) m_t[i] = ExpD(best_t[i]);  // now s_t = exp(best)
-  for (int i = tid; i < D; i += NT) m_d[i] = ExpD(best_d[i]);
-  __syncthreads();
-  float sd_[CPL];
-#pragma unroll
-  for (int j = 0; j < CPL; ++j) sd_[j] = m_d[ch0 + j];
-#pragma unroll
-  for (int i = 0; i < TPW; ++i) {
-    const float st = m_t[tok0 + i];
-#pragma unroll
-    for (int j = 0; j < CPL; ++j) {
-      // X / s_col / s_row: K: cols = tokens, rows = channels; V: the other way round.
-      x[i][j] = role == 0 ? x[i][j] / st / sd_[j] : x[i][j] / sd_[j] / st;
+    __syncthreads();
+    cs = tid < C ? col_std() : 0.f;
+    rs = tid < R ? row_std() : 0.f;
+    const float imb = imbalance(cs, rs, it & 1);
+    if (imb <= best) {  // later ties win, as the CPU
+      best = imb;
+      best_lc = lc;
+      best_lr = lr;
     }
   }
+  // ---- 4. Final scales, balanced values, per-row RTN, fields and packed codes ----
+  if (tid < C) ec[tid] = ExpD(best_lc);  // s_col
+  if (tid < R) er[tid] = ExpD(best_lr);  // s_row
+  __syncthreads();
   const TileLayout& L = a.layout;
-  const int bits = role == 0 ? L.key_bits : L.value_bits;
-  const float qmax = static_cast<float>((1 << bits) - 1);
-  // Per-row min/max. Reuse the staging tile region for the record bytes afterwards.
-  uint8_t* stage = reinterpret_cast<uint8_t*>(tile);
-  const size_t part_begin = role == 0 ? 0 : L.v_codes_offset;
-  const size_t part_end = role == 0 ? L.v_codes_offset : L.record_bytes;
-  __syncthreads();  // everyone is done reading the staged tile (step 3 is long past)
-  if (role == 1) {
-    for (size_t i = L.data_end + tid; i < L.record_bytes; i += NT) stage[i] = 0;
-  }
-  if (role == 0) {
-    // Rows = channels: min/max over tokens, across warps.
-#pragma unroll
-    for (int j = 0; j < CPL; ++j) {
-      float mn = x[0][j], mx = x[0][j];
-#pragma unroll
-      for (int i = 1; i < TPW; ++i) {
-        mn = fminf(mn, x[i][j]);
-        mx = fmaxf(mx, x[i][j]);
-      }
-      part[(warp * D + ch0 + j) * 2] = mn;
-      part[(warp * D + ch0 + j) * 2 + 1] = mx;
-    }
-    __syncthreads();
-    if (tid < D) {
-      float mn = FLT_MAX, mx = -FLT_MAX;
-      for (int w = 0; w < W; ++w) {
-        mn = fminf(mn, part[(w * D + tid) * 2]);
-        mx = fmaxf(mx, part[(w * D + tid) * 2 + 1]);
-      }
-      const float sc = fmaxf((mx - mn) / qmax, kMinScale);
-      l_d[tid] = mn;      // lo
-      best_d[tid] = sc;   // scale
-      const float srow = m_d[tid];
-      reinterpret_cast<__half*>(stage + L.s_col_k_offset)[tid] = __float2half_rn(srow * sc);
-      reinterpret_cast<__half*>(stage + L.zp_k_offset)[tid] = __float2half_rn(srow * mn);
-    }
-    for (int t = tid; t < G; t += NT) {
-      reinterpret_cast<__half*>(stage + L.s_row_k_offset)[t] = __float2half_rn(m_t[t]);
-    }
-    __syncthreads();
-    // Codes: channel row c, token t -> byte c*G/2 + t/2, nibble t&1.
-#pragma unroll
-    for (int j = 0; j < CPL; ++j) {
-      const float lo = l_d[ch0 + j], sc = best_d[ch0 + j];
-      uint32_t words[TPW / 8];
-#pragma unroll
-      for (int w8 = 0; w8 < TPW / 8; ++w8) words[w8] = 0;
-#pragma unroll
-      for (int i = 0; i < TPW; ++i) {
-        const float q = fminf(fmaxf(rintf((x[i][j] - lo) / sc), 0.f), qmax);
-        words[i / 8] |= static_cast<uint32_t>(q) << (4 * (i % 8));
-      }
-      uint32_t* row = reinterpret_cast<uint32_t*>(stage + L.k_codes_offset +
-                                                  static_cast<size_t>(ch0 + j) * (G / 2) + tok0 / 2);
-#pragma unroll
-      for (int w8 = 0; w8 < TPW / 8; ++w8) row[w8] = words[w8];
-    }
-  } else {
-    // Rows = tokens: min/max over channels, within the warp.
-    float lo[TPW], sc[TPW];
-#pragma unroll
-    for (int i = 0; i < TPW; ++i) {
-      float mn = x[i][0], mx = x[i][0];
-#pragma unroll
-      for (int j = 1; j < CPL; ++j) {
-        mn = fminf(mn, x[i][j]);
-        mx = fmaxf(mx, x[i][j]);
-      }
-      mn = internal::WarpMin(mn);
-      mx = internal::WarpMax(mx);
-      lo[i] = mn;
-      sc[i] = fmaxf((mx - mn) / qmax, kMinScale);
-      if (lane == i % 32) {
-        const int t = tok0 + i;
-        const float srow = m_t[t];
-        reinterpret_cast<__half*>(stage + L.s_row_v_offset)[t] = __float2half_rn(srow * sc[i]);
-        reinterpret_cast<__half*>(stage + L.zp_v_offset)[t] = __float2half_rn(srow * mn);
-      }
-    }
-    for (int c = tid; c < D; c += NT) {
-      reinterpret_cast<__half*>(stage + L.s_col_v_offset)[c] = __float2half_rn(m_d[c]);
-    }
-    const int vb = L.value_bits;
-    const int row_bytes = static_cast<int>(L.v_row_bytes);
-#pragma unroll
-    for (int i = 0; i < TPW; ++i) {
-      uint32_t bitsv = 0;
-#pragma unroll
-      for (int j = 0; j < CPL; ++j) {
-        const float q = fminf(fmaxf(rintf((x[i][j] - lo[i]) / sc[i]), 0.f), qmax);
-        bitsv |= static_cast<uint32_t>(q) << (vb * j);
-      }
-      uint8_t* row = stage + L.v_codes_offset + static_cast<size_t>(tok0 + i) * row_bytes;
-      const int width = CPL * vb;  // bits per lane: 4, 8, 16 or 32
-      if (width == 4) {
-        const uint32_t hi = __shfl_down_sync(0xffffffffu, bitsv, 1);
-        if ((lane & 1) == 0) row[lane / 2] = static_cast<uint8_t>(bitsv | (hi << 4));
-      } else if (width == 8) {
-        row[lane] = static_cast<uint8_t>(bitsv);
-      } else if (width == 16) {
-        reinterpret_cast<uint16_t*>(row)[lane] = static_cast<uint16_t>(bitsv);
-      } else {
-        reinterpret_cast<uint32_t*>(row)[lane] = bitsv;
-      }
-    }
-  }
-  __syncthreads();
-  // ---- 5. Copy this CTA's part of the record out (4-byte words) ----
   uint8_t* out = a.dst + layer * a.d_layer + entry * a.d_block +
                  static_cast<int64_t>(h) * static_cast<int64_t>(L.record_bytes);
-  const uint32_t* s32 = reinterpret_cast<const uint32_t*>(stage + part_begin);
-  uint32_t* o32 = reinterpret_cast<uint32_t*>(out + part_begin);
-  const int words = static_cast<int>((part_end - part_begin) / 4);
-  for (int i = tid; i < words; i += NT) o32[i] = s32[i];
+  const int bits = ROLE == 0 ? L.key_bits : L.value_bits;
+  const float qmax = static_cast<float>((1 << bits) - 1);
+  if (tid < C) {
+    const size_t off = ROLE == 0 ? L.s_row_k_offset : L.s_col_v_offset;
+    reinterpret_cast<__half*>(out + off)[tid] = __float2half_rn(ec[tid]);
+  }
+  if (tid < R) {
+    const int r = tid;
+    const float srow = er[r];
+    auto B = [&](int c) { return __fdiv_rn(__fdiv_rn(X(r, c), ec[c]), srow); };
+    float mn = B(0), mx = mn;
+    for (int c = 1; c < C; ++c) {
+      const float b = B(c);
+      mn = fminf(mn, b);
+      mx = fmaxf(mx, b);
+    }
+    const float sc = fmaxf(__fdiv_rn(__fsub_rn(mx, mn), qmax), kMinScale);
+    const size_t s_off = ROLE == 0 ? L.s_col_k_offset : L.s_row_v_offset;
+    const size_t z_off = ROLE == 0 ? L.zp_k_offset : L.zp_v_offset;
+    reinterpret_cast<__half*>(out + s_off)[r] = __float2half_rn(__fmul_rn(srow, sc));
+    reinterpret_cast<__half*>(out + z_off)[r] = __float2half_rn(__fmul_rn(srow, mn));
+    const size_t row_bytes = ROLE == 0 ? L.k_row_bytes : L.v_row_bytes;
+    uint32_t* row = reinterpret_cast<uint32_t*>(
+        out + (ROLE == 0 ? L.k_codes_offset : L.v_codes_offset) + r * row_bytes);
+    const int per_word = 32 / bits;
+    for (int w = 0; w < C / per_word; ++w) {
+      uint32_t word = 0;
+      for (int j = 0; j < per_word; ++j) {
+        const float q = Clamp(rintf(__fdiv_rn(__fsub_rn(B(w * per_word + j), mn), sc)), 0.f, qmax);
+        word |= static_cast<uint32_t>(q) << (j * bits);
+      }
+      row[w] = word;
+    }
+  }
+  if (ROLE == 1) {
+    for (size_t i = L.data_end + tid; i < L.record_bytes; i += NT) out[i] = 0;
+  }
+}
+
+template <int D, int G>
+__global__ void __launch_bounds__(Shape<D, G>::kThreads)
+    CompressKernel(const CompressArgs a) {
+  extern __shared__ __align__(16) float smem[];
+  if (blockIdx.y == 0) {
+    CompressTile<D, G, 0>(a, smem);
+  } else {
+    CompressTile<D, G, 1>(a, smem);
+  }
 }
 
 template <int D, int G>

@@ -13,9 +13,10 @@
 //   cudaMalloc(&a.workspace, a.workspace_bytes);
 //   DecodeAttention(a, stream);
 //
-// Supported: head_dim 128 with every preset (kernels/format.h). Other head dims return
-// cudaErrorNotSupported from the attention launcher (compress and decompress support
-// 64, 128 and 256). Thread safety: the launchers are stateless apart from a per-device
+// Supported: head_dim 64, 128 and 256 with every preset (kernels/format.h) in every
+// launcher; attention at 64 and 256 runs a CUDA-core kernel (correct, not tuned), at 128
+// the tensor-core one. Compress writes records byte-identical to cpu::EncodeTile.
+// Thread safety: the launchers are stateless apart from a per-device
 // cache of the SM count (set once, read concurrently) and may be called from any thread.
 #ifndef KVTIER_KERNELS_CUDA_KVARN_CUDA_H_
 #define KVTIER_KERNELS_CUDA_KVARN_CUDA_H_

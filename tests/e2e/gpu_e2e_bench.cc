@@ -142,6 +142,7 @@ Fp16Stats ExportFp16(client::Client& c, const std::string& ns, const Args& a,
 }
 
 int Main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   Args a;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string f = argv[i], v = argv[i + 1];
@@ -201,11 +202,19 @@ int Main(int argc, char** argv) {
     }
   };
   std::vector<float> kf, vf;
+  std::vector<uint16_t> k16_base(layer_elems), v16_base(layer_elems);
+  for (size_t i = 0; i < layer_elems; ++i) {
+    k16_base[i] = kernels::cpu::FloatToHalf(kv->k[i]);
+    v16_base[i] = kernels::cpu::FloatToHalf(kv->v[i]);
+  }
   for (int l = 0; l < a.layers; ++l) {
-    layer_kv(l, &kf, &vf);
-    for (size_t i = 0; i < layer_elems; ++i) {
-      k16[i] = kernels::cpu::FloatToHalf(kf[i]);
-      v16[i] = kernels::cpu::FloatToHalf(vf[i]);
+    for (int t = 0; t < a.tokens; ++t) {
+      for (int h = 0; h < a.kv_heads; ++h) {
+        const size_t src = (static_cast<size_t>(t) * a.kv_heads + (h + l) % a.kv_heads) * d;
+        const size_t dst = (static_cast<size_t>(t) * a.kv_heads + h) * d;
+        std::memcpy(&k16[dst], &k16_base[src], d * 2);
+        std::memcpy(&v16[dst], &v16_base[src], d * 2);
+      }
     }
     CK(cudaMemcpy(dk + l * layer_elems, k16.data(), layer_elems * 2, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dv + l * layer_elems, v16.data(), layer_elems * 2, cudaMemcpyHostToDevice));

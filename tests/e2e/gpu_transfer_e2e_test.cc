@@ -48,10 +48,7 @@ class GpuTransferE2eTest : public ::testing::Test {
   void SetUp() override {
     if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
     tools::LocalServer::Options so;
-    so.binary = tools::DefaultServerBinary();
-#ifdef KVTIER_SERVER_BIN
-    so.binary = KVTIER_SERVER_BIN;
-#endif
+    so.binary = tools::DefaultServerBinary();  // next to this binary, or the build's
     ASSERT_TRUE(server_.Start(so).ok());
     ClientOptions co;
     co.endpoints = {server_.endpoint()};

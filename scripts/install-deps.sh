@@ -15,7 +15,7 @@ packages=(
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev python3-numpy python3-yaml python3-grpcio
   prometheus redis-server redis-tools libhiredis-dev
-  golang-go golang-github-masterminds-sprig-dev
+  golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev
 )
 
 if [ "${1:-}" = "--list" ]; then

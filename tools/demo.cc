@@ -37,6 +37,7 @@
 #include "kernels/format.h"
 #include "kernels/payload.h"
 #include "tools/command.h"
+#include "tools/demo_gpu.h"
 #include "tools/demo_workload.h"
 
 namespace kvtier::tools {
@@ -58,6 +59,7 @@ struct DemoFlags {
   std::string endpoint;  // use a running server instead of starting one
   std::string token;
   std::string memory_capacity = "2GiB";
+  std::string gpu = "auto";  // auto | on | off
   bool keep_serving = false;
   bool progress = true;
 };
@@ -81,6 +83,8 @@ void Usage(FILE* out) {
       "  --endpoint=HOST:PORT  use a running server instead of starting one\n"
       "  --token=T             bearer token for --endpoint\n"
       "  --memory_capacity=S   server RAM tier (default 2GiB)\n"
+      "  --gpu=auto|on|off     compress, import and attend on the GPU (auto: when this build\n"
+      "                        has CUDA and a device is present; default auto)\n"
       "  --keep_serving        leave the server running after the table (Ctrl-C stops it)\n"
       "  --no_progress         no progress bar\n");
 }
@@ -131,6 +135,10 @@ int ParseFlags(int argc, char** argv, DemoFlags* f) {
     else if (name == "token") f->token = value;
     else if (name == "memory_capacity") f->memory_capacity = value;
     else if (name == "keep_serving") f->keep_serving = true;
+    else if (name == "gpu") {
+      ok = value == "auto" || value == "on" || value == "off";
+      f->gpu = value;
+    }
     else if (name == "no_progress") f->progress = false;
     else if (name == "preset") {
       auto p = kernels::PresetFromName(value);
@@ -164,6 +172,7 @@ struct Totals {
   std::atomic<uint64_t> prefill_done{0};
   std::atomic<uint64_t> decode_done{0};
   std::atomic<uint64_t> compressed_blocks_attended{0};
+  std::atomic<uint64_t> gpu_fallbacks{0};  // requests the GPU path failed, redone on the CPU
   std::atomic<int64_t> prefill_ns{0};
   std::atomic<int64_t> decode_ns{0};
   std::mutex err_mu;
@@ -353,6 +362,87 @@ absl::Status Decode(const DemoModel& m, const std::string& ns, const RequestPlan
   return absl::OkStatus();
 }
 
+// Prefill on the GPU: the full blocks go through client/gpu's Exporter; the partial tail
+// block (FP16) is built on the host. Counters are committed only on success, so a failure
+// can be redone on the CPU path.
+absl::Status GpuPrefill(const DemoModel& m, const std::string& ns, const RequestPlan& p,
+                        client::Client& c, DemoGpu& gpu, SharedKvCache& cache, Totals& t) {
+  const int g = m.group_size();
+  KVTIER_ASSIGN_OR_RETURN(size_t hit, c.Lookup(ns, 0, p.chain, g));
+  uint64_t hit_tokens = 0;
+  for (size_t b = 0; b < hit; ++b) hit_tokens += p.BlockTokens(static_cast<int>(b), g);
+  std::vector<std::shared_ptr<const HashBlockKv>> held;
+  KvSource src = [&](int hi, int l) -> absl::StatusOr<const HashBlockKv*> {
+    KVTIER_ASSIGN_OR_RETURN(auto kv, cache.Get(p.hash_ids[hi], l, hi == 0));
+    held.push_back(kv);
+    if (held.size() > static_cast<size_t>(4 * m.num_layers)) held.erase(held.begin());
+    return held.back().get();
+  };
+  DemoGpu::ExportResult e;
+  if (hit < static_cast<size_t>(p.full_blocks)) {
+    KVTIER_ASSIGN_OR_RETURN(e, gpu.Export(p, src));
+    held.clear();
+  }
+  uint64_t tail_bytes = 0;
+  bool tail_stored = false;
+  if (p.tail_tokens > 0 && hit < static_cast<size_t>(p.num_blocks())) {
+    KVTIER_ASSIGN_OR_RETURN(std::vector<uint8_t> bytes,
+                            BuildBlockPayload(m, p, p.num_blocks() - 1, src));
+    client::PutItem item{p.chain.back(), bytes};
+    KVTIER_ASSIGN_OR_RETURN(auto out, c.Put(ns, 0, absl::MakeConstSpan(&item, 1)));
+    tail_bytes = bytes.size();
+    tail_stored = out[0] == client::PutOutcome::kStored;
+  }
+  t.input_tokens += p.tokens;
+  t.prefill_hit_tokens += hit_tokens;
+  t.blocks_stored += e.stored + (tail_stored ? 1 : 0);
+  t.blocks_dedup += e.deduplicated + (tail_bytes > 0 && !tail_stored ? 1 : 0);
+  t.put_bytes += e.bytes_sent + tail_bytes;
+  t.put_fp16_bytes += m.Fp16Bytes((e.stored + e.deduplicated) * g + (tail_bytes ? p.tail_tokens : 0));
+  t.stored_bytes += e.bytes_stored + (tail_stored ? tail_bytes : 0);
+  t.stored_fp16_bytes += m.Fp16Bytes(e.stored * g + (tail_stored ? p.tail_tokens : 0));
+  return absl::OkStatus();
+}
+
+// Decode on the GPU: import the whole prompt into the compressed paged cache and run the
+// fused attention kernel per layer. A partial import is an error here (the CPU path then
+// redoes the request, recomputing the missing blocks).
+absl::Status GpuDecode(const DemoModel& m, const std::string& ns, const RequestPlan& p,
+                       DemoGpu& gpu, SharedKvCache& cache, Totals& t) {
+  KVTIER_ASSIGN_OR_RETURN(DemoGpu::ImportResult r, gpu.Import(p));
+  if (r.blocks < static_cast<size_t>(p.num_blocks())) {
+    return absl::UnavailableError("partial import");
+  }
+  const size_t row = static_cast<size_t>(m.num_kv_heads) * m.head_dim;
+  const int num_hash = static_cast<int>(p.hash_ids.size());
+  std::vector<float> k(static_cast<size_t>(p.tokens) * row), v(k.size());
+  std::vector<float> out(static_cast<size_t>(m.num_q_heads) * m.head_dim);
+  std::vector<double> ref, errors;
+  for (int l = 0; l < m.num_layers; ++l) {
+    std::vector<float> q;
+    for (int hi = 0; hi < num_hash; ++hi) {
+      KVTIER_ASSIGN_OR_RETURN(auto kv, cache.Get(p.hash_ids[hi], l, hi == 0));
+      const size_t first = static_cast<size_t>(hi) * m.trace_block_tokens;
+      const size_t n = std::min<size_t>(m.trace_block_tokens, p.tokens - first);
+      std::copy_n(kv->k.begin(), n * row, k.begin() + first * row);
+      std::copy_n(kv->v.begin(), n * row, v.begin() + first * row);
+      if (hi == num_hash - 1) q = kv->q;
+    }
+    KVTIER_RETURN_IF_ERROR(gpu.Attend(l, q.data(), p.tokens, out.data()));
+    ExactAttention(m.num_q_heads, m.num_kv_heads, m.head_dim, p.tokens, q.data(), k.data(),
+                   v.data(), &ref);
+    auto e = RowRelativeErrors(out.data(), ref, m.num_q_heads, m.head_dim);
+    errors.insert(errors.end(), e.begin(), e.end());
+  }
+  t.decode_hit_tokens += p.tokens;
+  t.get_bytes += r.bytes_received;
+  t.get_fp16_bytes += m.Fp16Bytes(p.tokens);
+  t.compressed_blocks_attended += r.compressed_blocks;
+  std::lock_guard<std::mutex> lock(t.err_mu);
+  t.errors.insert(t.errors.end(), errors.begin(), errors.end());
+  return absl::OkStatus();
+}
+
 std::string Bytes(double b) {
   if (b >= 1024.0 * 1024 * 1024) return absl::StrFormat("%.2f GiB", b / (1024.0 * 1024 * 1024));
   if (b >= 1024.0 * 1024) return absl::StrFormat("%.1f MiB", b / (1024.0 * 1024));
@@ -410,6 +500,19 @@ int RunDemo(int argc, char** argv) {
   LocalServer server;
   std::string endpoint = f.endpoint, metrics_url = "(see the server's --http_port)";
   std::string temp_dir;
+  // Removes the temporary data directory on every return (after stopping the server),
+  // unless `keep` is set because its server log explains a failure.
+  struct TempDirCleanup {
+    const std::string& path;
+    LocalServer& server;
+    bool keep = false;
+    ~TempDirCleanup() {
+      if (path.empty() || keep) return;
+      server.Stop();
+      std::error_code ec;
+      fs::remove_all(path, ec);
+    }
+  } cleanup{temp_dir, server};
   if (endpoint.empty()) {
     std::string data_dir = f.data_dir;
     if (data_dir.empty()) {
@@ -433,6 +536,7 @@ int RunDemo(int argc, char** argv) {
                  so.data_dir.c_str());
     if (auto s = server.Start(so); !s.ok()) {
       std::fprintf(stderr, "kvtier demo: %s\n", s.ToString().c_str());
+      cleanup.keep = true;
       return 1;
     }
     endpoint = server.endpoint();
@@ -451,15 +555,25 @@ int RunDemo(int argc, char** argv) {
 
   const DemoModel& m = f.model;
   const std::string ns = m.Namespace();
+  bool use_gpu = false;
+  if (f.gpu != "off") {
+    auto probe = DemoGpu::Create(&c, m, ns);
+    use_gpu = probe.ok();
+    if (!use_gpu && f.gpu == "on") {
+      std::fprintf(stderr, "kvtier demo: --gpu=on: %s\n", probe.status().ToString().c_str());
+      return 1;
+    }
+  }
+  const char* codec_name = use_gpu ? "GPU codec (kernels/cuda)" : "CPU codec";
   std::vector<RequestPlan> plans;
   for (const auto& r : *trace) plans.push_back(PlanRequest(m, r, ns));
   const size_t n = plans.size();
   std::fprintf(stderr,
                "kvtier demo: %zu requests from %s, model %d layers x %d KV heads x D%d "
-               "(%d q heads), %s, CPU codec, server %s\n",
+               "(%d q heads), %s, %s, server %s\n",
                n, fs::path(f.trace).filename().c_str(), m.num_layers, m.num_kv_heads,
                m.head_dim, m.num_q_heads, std::string(kernels::PresetName(m.preset)).c_str(),
-               endpoint.c_str());
+               codec_name, endpoint.c_str());
 
   Totals t;
   SharedKvCache kv_cache(m, static_cast<size_t>(f.kv_cache_mib) << 20);
@@ -473,12 +587,19 @@ int RunDemo(int argc, char** argv) {
   std::vector<std::thread> threads;
   for (int w = 0; w < f.prefill_workers; ++w) {
     threads.emplace_back([&] {
+      std::unique_ptr<DemoGpu> gpu;
+      if (use_gpu) gpu = DemoGpu::Create(&c, m, ns).value_or(nullptr);
       for (;;) {
         const size_t i = next_prefill.fetch_add(1);
         if (i >= n) break;
         if (!t.failed()) {
           const absl::Time t0 = absl::Now();
-          absl::Status s = Prefill(m, ns, plans[i], c, kv_cache, t);
+          absl::Status s = absl::UnavailableError("no GPU");
+          if (gpu) s = GpuPrefill(m, ns, plans[i], c, *gpu, kv_cache, t);
+          if (!s.ok()) {
+            if (gpu) ++t.gpu_fallbacks;
+            s = Prefill(m, ns, plans[i], c, kv_cache, t);
+          }
           t.prefill_ns += absl::ToInt64Nanoseconds(absl::Now() - t0);
           if (!s.ok()) t.Fail(absl::Status(s.code(), absl::StrCat("prefill: ", s.message())));
         }
@@ -492,6 +613,8 @@ int RunDemo(int argc, char** argv) {
   }
   for (int w = 0; w < f.decode_workers; ++w) {
     threads.emplace_back([&] {
+      std::unique_ptr<DemoGpu> gpu;
+      if (use_gpu) gpu = DemoGpu::Create(&c, m, ns).value_or(nullptr);
       for (;;) {
         size_t i;
         {
@@ -503,7 +626,12 @@ int RunDemo(int argc, char** argv) {
         }
         if (!t.failed()) {
           const absl::Time t0 = absl::Now();
-          absl::Status s = Decode(m, ns, plans[i], c, kv_cache, t);
+          absl::Status s = absl::UnavailableError("no GPU");
+          if (gpu) s = GpuDecode(m, ns, plans[i], *gpu, kv_cache, t);
+          if (!s.ok()) {
+            if (gpu) ++t.gpu_fallbacks;
+            s = Decode(m, ns, plans[i], c, kv_cache, t);
+          }
           t.decode_ns += absl::ToInt64Nanoseconds(absl::Now() - t0);
           if (!s.ok()) t.Fail(absl::Status(s.code(), absl::StrCat("decode: ", s.message())));
         }
@@ -527,6 +655,7 @@ int RunDemo(int argc, char** argv) {
     if (!temp_dir.empty()) {
       std::fprintf(stderr, "kvtier demo: server log kept in %s\n", temp_dir.c_str());
     }
+    cleanup.keep = true;
     return 1;
   }
 
@@ -549,9 +678,9 @@ int RunDemo(int argc, char** argv) {
   const double moved = static_cast<double>(t.put_bytes + t.get_bytes);
   const double moved_fp16 = static_cast<double>(t.put_fp16_bytes + t.get_fp16_bytes);
 
-  std::printf("\nkvtier demo: %zu requests, %s tokens, %d layers x %d KV heads x D%d, %s, CPU codec\n",
+  std::printf("\nkvtier demo: %zu requests, %s tokens, %d layers x %d KV heads x D%d, %s, %s\n",
               n, absl::StrFormat("%.0f", in_tokens).c_str(), m.num_layers, m.num_kv_heads,
-              m.head_dim, std::string(kernels::PresetName(m.preset)).c_str());
+              m.head_dim, std::string(kernels::PresetName(m.preset)).c_str(), codec_name);
   std::printf("  %-30s %s\n", "metric", "value");
   std::printf("  %-30s %.1f %% (%llu of %.0f prompt tokens found by prefill Lookup)\n",
               "token prefix hit rate", in_tokens > 0 ? 100.0 * t.prefill_hit_tokens / in_tokens : 0.0,
@@ -575,6 +704,10 @@ int RunDemo(int argc, char** argv) {
               static_cast<unsigned long long>(t.compressed_blocks_attended.load()));
   std::printf("  %-30s %.2f requests/s, %.0f prompt tokens/s (%.1f s wall, %d+%d workers)\n",
               "throughput", n / wall, in_tokens / wall, wall, f.prefill_workers, f.decode_workers);
+  if (t.gpu_fallbacks > 0) {
+    std::printf("  %-30s %llu requests redone on the CPU after a GPU-path failure\n",
+                "GPU fallbacks", static_cast<unsigned long long>(t.gpu_fallbacks.load()));
+  }
   std::printf("  %-30s %s\n", "server metrics", metrics_url.c_str());
   std::fflush(stdout);
 
@@ -584,10 +717,6 @@ int RunDemo(int argc, char** argv) {
     for (;;) ::pause();
   }
   server.Stop();
-  if (!temp_dir.empty()) {
-    std::error_code ec;
-    fs::remove_all(temp_dir, ec);
-  }
   return 0;
 }
 

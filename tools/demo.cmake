@@ -12,6 +12,12 @@ if(TARGET kvtier_client AND TARGET kvtier-server)
     PRIVATE KVTIER_SERVER_BIN="$<TARGET_FILE:kvtier-server>")
 
   target_sources(kvtier PRIVATE ${CMAKE_CURRENT_LIST_DIR}/demo.cc)
+  if(TARGET kvtier_client_gpu)
+    target_sources(kvtier PRIVATE ${CMAKE_CURRENT_LIST_DIR}/demo_gpu.cc)
+    target_link_libraries(kvtier PRIVATE kvtier_client_gpu kvtier_kernels_cuda)
+  else()
+    target_sources(kvtier PRIVATE ${CMAKE_CURRENT_LIST_DIR}/demo_gpu_stub.cc)
+  endif()
   target_link_libraries(kvtier PRIVATE kvtier_demo_workload absl::str_format absl::time)
   target_compile_definitions(kvtier PRIVATE KVTIER_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
   # `kvtier demo` starts the server from the same build directory.

@@ -226,6 +226,7 @@ absl::StatusOr<ExportStats> Exporter::Export(absl::Span<const PagedLayer> layers
     }
     for (PutOutcome r : *s.put_result) {
       (r == PutOutcome::kStored ? stats.stored : stats.deduplicated)++;
+      if (r == PutOutcome::kStored) stats.bytes_stored += payload;
     }
     stats.bytes_sent += s.count * payload;
   };
@@ -294,6 +295,7 @@ absl::StatusOr<ExportStats> Exporter::Export(absl::Span<const PagedLayer> layers
       for (size_t j = 0; j < r->size(); ++j) {
         ((*r)[j] == PutOutcome::kStored ? stats.stored : stats.deduplicated)++;
         stats.bytes_sent += sink_payloads[j].size();
+        if ((*r)[j] == PutOutcome::kStored) stats.bytes_stored += sink_payloads[j].size();
       }
     }
   }

@@ -89,6 +89,7 @@ struct ExportStats {
   size_t stored = 0;           // blocks Put and stored
   size_t deduplicated = 0;     // blocks Put that another writer stored first
   uint64_t bytes_sent = 0;     // payload bytes Put
+  uint64_t bytes_stored = 0;   // payload bytes of the blocks stored (not deduplicated)
 };
 
 class Exporter {

@@ -188,18 +188,36 @@ absl::StatusOr<TraceRequest> ParseTraceLine(std::string_view line) {
     if (comma == std::string_view::npos) break;
     list.remove_prefix(comma + 1);
   }
+  // Optional fields.
+  for (auto [key, out] : {std::pair<std::string_view, uint64_t*>{"output_length", &r.output_length}}) {
+    std::string_view v = AfterKey(line, key);
+    size_t k = 0;
+    while (k < v.size() && absl::ascii_isdigit(v[k])) ++k;
+    if (k > 0 && !ParseInt(v.substr(0, k), out)) {
+      return absl::InvalidArgumentError(absl::StrCat("bad ", std::string(key)));
+    }
+  }
+  std::string_view ts = AfterKey(line, "timestamp");
+  size_t k = 0;
+  while (k < ts.size() && absl::ascii_isdigit(ts[k])) ++k;
+  if (k > 0 && !ParseInt(ts.substr(0, k), &r.timestamp_ms)) {
+    return absl::InvalidArgumentError("bad timestamp");
+  }
   return r;
 }
 
-absl::StatusOr<std::vector<TraceRequest>> LoadTrace(const std::string& path, size_t limit) {
+absl::StatusOr<std::vector<TraceRequest>> LoadTrace(const std::string& path, size_t limit,
+                                                    size_t skip) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open trace ", path));
   std::vector<TraceRequest> out;
   std::string line;
   size_t line_no = 0;
-  while (std::getline(in, line) && (limit == 0 || out.size() < limit)) {
+  size_t index = 0;
+  while ((limit == 0 || out.size() < limit) && std::getline(in, line)) {
     ++line_no;
     if (Strip(line).empty()) continue;
+    if (index++ < skip) continue;
     absl::StatusOr<TraceRequest> r = ParseTraceLine(line);
     if (!r.ok()) {
       return absl::InvalidArgumentError(

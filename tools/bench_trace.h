@@ -55,14 +55,20 @@ uint64_t BlockBytes(const ModelShape& m, TraceCodec c);
 absl::StatusOr<uint64_t> ParseBytes(std::string_view s);
 std::string FormatBytes(double bytes);
 
+// One request of a Mooncake-format trace (shared/data/mooncake_conversation_trace.jsonl):
+// the bench and the demo both read traces through this type.
 struct TraceRequest {
-  uint64_t input_length = 0;
-  std::vector<int32_t> hash_ids;
+  uint64_t input_length = 0;      // prompt tokens
+  std::vector<int32_t> hash_ids;  // one per 512-token trace block
+  uint64_t output_length = 0;     // generated tokens (optional field)
+  int64_t timestamp_ms = 0;       // arrival time (optional field)
 };
 // One JSONL line; kInvalidArgument when "hash_ids" or "input_length" is missing/malformed.
 absl::StatusOr<TraceRequest> ParseTraceLine(std::string_view line);
-// The first `limit` requests of a file (0: all).
-absl::StatusOr<std::vector<TraceRequest>> LoadTrace(const std::string& path, size_t limit = 0);
+// Requests [skip, skip + limit) of a file (limit 0: all). kNotFound when the file can't be
+// opened; kInvalidArgument with the line number for a malformed line.
+absl::StatusOr<std::vector<TraceRequest>> LoadTrace(const std::string& path, size_t limit = 0,
+                                                    size_t skip = 0);
 
 struct ReplayOptions {
   std::string trace_path;

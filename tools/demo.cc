@@ -486,7 +486,8 @@ int RunDemo(int argc, char** argv) {
       }
     }
   }
-  auto trace = ReadTrace(f.trace, f.skip, f.requests);
+  auto trace = LoadTrace(f.trace, static_cast<size_t>(std::max(f.requests, 0)),
+                         static_cast<size_t>(std::max(f.skip, 0)));
   if (!trace.ok()) {
     std::fprintf(stderr, "kvtier demo: %s (set --trace)\n", trace.status().ToString().c_str());
     return 1;

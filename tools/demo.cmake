@@ -6,7 +6,7 @@ if(TARGET kvtier_client AND TARGET kvtier-server)
   add_library(kvtier_demo_workload STATIC ${CMAKE_CURRENT_LIST_DIR}/demo_workload.cc)
   target_include_directories(kvtier_demo_workload PUBLIC ${PROJECT_SOURCE_DIR})
   target_link_libraries(kvtier_demo_workload
-    PUBLIC kvtier_client kvtier_codec_cpu kvtier_payload absl::status absl::statusor absl::span
+    PUBLIC kvtier_client kvtier_codec_cpu kvtier_payload kvtier_bench_trace absl::status absl::statusor absl::span
     PRIVATE absl::strings absl::time kvtier_build_flags)
   target_compile_definitions(kvtier_demo_workload
     PRIVATE KVTIER_SERVER_BIN="$<TARGET_FILE:kvtier-server>")

@@ -34,73 +34,7 @@ namespace {
 using kernels::BlockEncoding;
 using kernels::PayloadHeader;
 
-// Parses the integer after `"key":` in a JSON object line; false when absent.
-bool FindInt(const std::string& line, const char* key, int64_t* out) {
-  const std::string k = absl::StrCat("\"", key, "\"");
-  size_t pos = line.find(k);
-  if (pos == std::string::npos) return false;
-  pos = line.find(':', pos + k.size());
-  if (pos == std::string::npos) return false;
-  const char* start = line.c_str() + pos + 1;
-  char* end = nullptr;
-  const long long v = std::strtoll(start, &end, 10);
-  if (end == start) return false;
-  *out = v;
-  return true;
-}
-
-bool FindIntArray(const std::string& line, const char* key, std::vector<int64_t>* out) {
-  const std::string k = absl::StrCat("\"", key, "\"");
-  size_t pos = line.find(k);
-  if (pos == std::string::npos) return false;
-  pos = line.find('[', pos + k.size());
-  if (pos == std::string::npos) return false;
-  const size_t close = line.find(']', pos);
-  if (close == std::string::npos) return false;
-  out->clear();
-  const char* p = line.c_str() + pos + 1;
-  const char* end_all = line.c_str() + close;
-  while (p < end_all) {
-    while (p < end_all && (*p == ' ' || *p == ',')) ++p;
-    if (p >= end_all) break;
-    char* end = nullptr;
-    const long long v = std::strtoll(p, &end, 10);
-    if (end == p) return false;
-    out->push_back(v);
-    p = end;
-  }
-  return true;
-}
-
 }  // namespace
-
-absl::StatusOr<std::vector<TraceRequest>> ReadTrace(const std::string& path, int skip, int limit) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open trace ", path));
-  std::vector<TraceRequest> out;
-  std::string line;
-  int line_no = 0;
-  int index = 0;
-  while ((limit <= 0 || static_cast<int>(out.size()) < limit) && std::getline(in, line)) {
-    ++line_no;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    if (index++ < skip) continue;
-    TraceRequest r;
-    int64_t input = 0, output = 0, ts = 0;
-    if (!FindInt(line, "input_length", &input) || !FindIntArray(line, "hash_ids", &r.hash_ids) ||
-        input <= 0 || input > (int64_t{1} << 24) || r.hash_ids.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ":", line_no, ": expected input_length and hash_ids"));
-    }
-    FindInt(line, "output_length", &output);
-    FindInt(line, "timestamp", &ts);
-    r.input_length = static_cast<int>(input);
-    r.output_length = static_cast<int>(output);
-    r.timestamp_ms = ts;
-    out.push_back(std::move(r));
-  }
-  return out;
-}
 
 std::string DemoModel::Namespace() const {
   return absl::StrCat("demo/synth-L", num_layers, "-H", num_kv_heads, "-D", head_dim, "/",

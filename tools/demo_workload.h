@@ -27,20 +27,10 @@
 #include "absl/types/span.h"
 #include "kernels/format.h"
 #include "kernels/payload.h"
+#include "tools/bench_trace.h"
 
 namespace kvtier::tools {
 
-// One line of shared/data/mooncake_conversation_trace.jsonl.
-struct TraceRequest {
-  int64_t timestamp_ms = 0;
-  int input_length = 0;           // prompt tokens
-  int output_length = 0;          // generated tokens (unused by the demo)
-  std::vector<int64_t> hash_ids;  // one per trace block (trace_block_tokens tokens)
-};
-
-// Reads requests [skip, skip + limit) of a JSON-lines trace. kNotFound when the file is
-// missing; kInvalidArgument (with the line number) on a malformed line.
-absl::StatusOr<std::vector<TraceRequest>> ReadTrace(const std::string& path, int skip, int limit);
 
 // The model shard whose KV the demo moves.
 struct DemoModel {

@@ -150,19 +150,19 @@ TEST(DemoWorkloadTest, SharedHashIdsGiveIdenticalPayloads) {
 }
 
 TEST(DemoWorkloadTest, ReadTraceRejectsMalformedLines) {
-  EXPECT_EQ(ReadTrace("/nonexistent", 0, 1).status().code(), absl::StatusCode::kNotFound);
-  auto ok = ReadTrace(KVTIER_TRACE, 2, 3);
+  EXPECT_EQ(LoadTrace("/nonexistent", 1).status().code(), absl::StatusCode::kNotFound);
+  auto ok = LoadTrace(KVTIER_TRACE, 3, 2);
   ASSERT_TRUE(ok.ok()) << ok.status();
   ASSERT_EQ(ok->size(), 3u);
   EXPECT_EQ((*ok)[0].hash_ids.front(), 0);
-  EXPECT_GT((*ok)[0].input_length, 0);
+  EXPECT_GT((*ok)[0].input_length, 0u);
   char path[] = "/tmp/kvtier-trace-XXXXXX";
   const int fd = ::mkstemp(path);
   ASSERT_GE(fd, 0);
   const char bad[] = "{\"timestamp\": 0, \"input_length\": 5}\n";
   ASSERT_EQ(::write(fd, bad, sizeof(bad) - 1), static_cast<ssize_t>(sizeof(bad) - 1));
   ::close(fd);
-  EXPECT_EQ(ReadTrace(path, 0, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(LoadTrace(path).status().code(), absl::StatusCode::kInvalidArgument);
   ::unlink(path);
 }
 

@@ -127,10 +127,17 @@ absl::StatusOr<SynthKv> GenerateSynthKv(const SynthOptions& o) {
       const double boost = rng.Uniform() < 0.01 ? rng.Uniform(4.0, 8.0) : 1.0;
       for (int c = 0; c < d; ++c) vt[c] = Fp16(boost * (bv[c] + sv[c] * rng.Normal()));
     }
+    // Query whitening per RoPE pair: w = median / (RMS key std of the pair), so that the
+    // per-token logit variance is spread over all channels instead of coming from the few
+    // outlier pairs' heavy-tailed noise (docs/codec.md, "Attention statistics").
+    std::vector<double> w(d);
+    for (int i = 0; i < half; ++i) {
+      w[i] = w[i + half] = median / std::sqrt(0.5 * (s[i] * s[i] + s[i + half] * s[i + half]));
+    }
     double norm = 0;
     for (int c = 0; c < d; ++c) {
       mean[c] /= (o.tokens - 1);
-      norm += mean[c] * mean[c];
+      norm += mean[c] * w[c] * w[c] * mean[c] * w[c] * w[c];
     }
     norm = std::sqrt(std::max(norm, 1e-30));
     // Queries: a · (mean key direction) + N(0, 1) per channel, then scaled so that the
@@ -143,7 +150,9 @@ absl::StatusOr<SynthKv> GenerateSynthKv(const SynthOptions& o) {
     std::vector<float*> head_queries;
     for (int n = 0; n < o.num_queries; ++n) {
       for (int g = 0; g < group; ++g) {
-        for (int c = 0; c < d; ++c) qd[c] = a * mean[c] / norm + rng.Normal();
+        for (int c = 0; c < d; ++c) {
+          qd[c] = a * mean[c] * w[c] * w[c] / norm + w[c] * rng.Normal();
+        }
         double m1 = 0, m2 = 0;
         for (int j = 0; j < sample; ++j) {
           const int t = 1 + static_cast<int>((static_cast<int64_t>(j) * (o.tokens - 1)) / sample);
@@ -186,6 +195,68 @@ absl::StatusOr<SynthKv> GenerateSynthKv(const SynthOptions& o) {
     }
   }
   return kv;
+}
+
+SynthAttentionStats MeasureSynthAttention(const SynthKv& kv) {
+  const int d = kv.head_dim, hk = kv.num_kv_heads, hq = kv.num_q_heads;
+  const int group = hq / hk, n = kv.tokens;
+  const double inv_sqrt_d = 1.0 / std::sqrt(static_cast<double>(d));
+  SynthAttentionStats st;
+  std::vector<double> eff, eff_ns, part;
+  std::vector<double> l(n);
+  for (int qi = 0; qi < kv.num_queries; ++qi) {
+    for (int qh = 0; qh < hq; ++qh) {
+      const float* q = kv.q.data() + (static_cast<size_t>(qi) * hq + qh) * d;
+      for (int t = 0; t < n; ++t) {
+        const float* k = kv.k.data() + (static_cast<size_t>(t) * hk + qh / group) * d;
+        double a = 0;
+        for (int c = 0; c < d; ++c) a += static_cast<double>(q[c]) * k[c];
+        l[t] = a * inv_sqrt_d;
+      }
+      double m1 = 0, m2 = 0, mx = l[1];
+      for (int t = 1; t < n; ++t) {
+        m1 += l[t];
+        m2 += l[t] * l[t];
+        mx = std::max(mx, l[t]);
+      }
+      m1 /= (n - 1);
+      const double sd = std::sqrt(std::max(m2 / (n - 1) - m1 * m1, 1e-30));
+      st.logit_std += sd;
+      st.logit_max_z += (mx - m1) / sd;
+      const double top = std::max(mx, l[0]);
+      double z = 0, zn = 0;
+      for (int t = 0; t < n; ++t) z += std::exp(l[t] - top);
+      zn = z - std::exp(l[0] - top);
+      double h = 0, hn = 0, p2 = 0;
+      for (int t = 0; t < n; ++t) {
+        const double e = std::exp(l[t] - top);
+        const double p = e / z;
+        if (p > 0) h -= p * std::log(p);
+        if (t > 0) {
+          const double pn = e / zn;
+          if (pn > 0) hn -= pn * std::log(pn);
+          p2 += pn * pn;
+        }
+      }
+      st.sink_share += std::exp(l[0] - top) / z;
+      eff.push_back(std::exp(h));
+      eff_ns.push_back(std::exp(hn));
+      part.push_back(1.0 / p2);
+    }
+  }
+  const double rows = static_cast<double>(eff.size());
+  st.logit_std /= rows;
+  st.logit_max_z /= rows;
+  st.sink_share /= rows;
+  auto quantile = [](std::vector<double> x, double f) {
+    std::sort(x.begin(), x.end());
+    return x[static_cast<size_t>(f * (x.size() - 1))];
+  };
+  st.eff_tokens = quantile(eff, 0.5);
+  st.eff_tokens_p10 = quantile(eff, 0.1);
+  st.eff_tokens_nosink = quantile(eff_ns, 0.5);
+  st.participation = quantile(part, 0.5);
+  return st;
 }
 
 }  // namespace kvtier::kernels::cpu

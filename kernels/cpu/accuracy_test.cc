@@ -119,6 +119,31 @@ TEST(SynthTest, HasOutlierChannelsAndAnAttentionSink) {
   EXPECT_LT(sink_mass, 0.9);
 }
 
+// The attention statistics the generator is calibrated to (docs/codec.md, "Attention
+// statistics"): logit std 1.25 (realistic range ~1-3), a sink drawing a large share, and
+// the non-sink attention spread over hundreds of tokens at 4K tokens (before the
+// calibration, logit std 2: a median of 4-9 effective non-sink tokens and a participation
+// ratio of ~2, i.e. one or two tokens took all the non-sink attention).
+TEST(SynthTest, AttentionStatisticsAreRealistic) {
+  for (uint64_t seed : {1, 2, 3}) {
+    auto kv = GenerateSynthKv({.tokens = 4096,
+                               .num_kv_heads = 8,
+                               .num_q_heads = 32,
+                               .head_dim = 128,
+                               .num_queries = 2,
+                               .seed = seed});
+    ASSERT_TRUE(kv.ok());
+    const SynthAttentionStats st = MeasureSynthAttention(*kv);
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    EXPECT_NEAR(st.logit_std, 1.25, 0.05);
+    EXPECT_GT(st.sink_share, 0.2);
+    EXPECT_LT(st.sink_share, 0.6);
+    EXPECT_GT(st.eff_tokens, 5.0);  // full row, sink included; many rows are sink-dominated
+    EXPECT_GT(st.eff_tokens_nosink, 200.0);
+    EXPECT_GT(st.participation, 10.0);
+  }
+}
+
 TEST(SynthTest, RejectsBadOptions) {
   EXPECT_EQ(GenerateSynthKv({.head_dim = 96}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(GenerateSynthKv({.num_kv_heads = 3, .num_q_heads = 8}).status().code(),

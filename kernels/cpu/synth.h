@@ -12,7 +12,9 @@
 //   token 0 (attention sink) has a key aligned with the head's queries and a small value;
 //   values = N(b_v, s_v²) per channel (s_v in 0.8..1.2, b_v ~ N(0, 0.25)), with 1% outlier
 //            tokens scaled 4..8×;
-//   queries (GQA: q_heads / kv_heads per KV head) = a · mean-key direction + N(0, 1).
+//   queries (GQA: q_heads / kv_heads per KV head) = a · mean-key direction + N(0, 1),
+//            scaled so that the non-sink logits q·k/√D have std 1.25 (the temperature,
+//            calibrated on the attention statistics MeasureSynthAttention reports).
 // All values are rounded to fp16, as a paged cache holds them. Deterministic per seed.
 // Thread safety: pure function.
 #ifndef KVTIER_KERNELS_CPU_SYNTH_H_

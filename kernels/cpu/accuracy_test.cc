@@ -332,11 +332,13 @@ TEST(MetricsTest, ZeroForAnExactCacheAndExactLogitError) {
 // ---------------------------------------------------------------- the headline claim
 
 // What holds on the synthetic generator (docs/codec.md, "Accuracy"): KVarN's key error,
-// and so its logit error, is far lower than plain RTN's at about the same bits; the
-// attention-output error at k4v2 is dominated by the 2-bit values, which both methods
-// quantize per token, and comes out about equal (KVarN's per-token key scale gives the
-// large-norm tokens, which draw much of the attention, proportionally larger errors). The
-// test pins both facts: a wide logit-error margin and attention output no more than 5% worse.
+// and so its logit error, is far lower than plain RTN's at about the same bits, and (since
+// the generator's temperature calibration) so is the KL of the attention rows, summed over
+// the seeds (per seed it is lower on 5 of seeds 1-6 here and on seeds 1-3 of the 4K-token
+// table). The attention-output error at k4v2 is dominated by the 2-bit values, which both
+// methods quantize per token, and is a tie: KVarN is 1-15% lower on 5 of seeds 1-6 at
+// this size but 3% higher on seed 4, and 1-3% higher on two of three seeds of the 4K-token
+// table; so the test pins it at no more than 5% above RTN's, not below it.
 TEST(AccuracyTest, KvarnK4v2BeatsPlainRtnOnLogitsAndTiesOnAttention) {
   CodecMetrics kvarn, rtn;
   for (uint64_t seed : {1, 2, 3}) {
@@ -362,10 +364,12 @@ TEST(AccuracyTest, KvarnK4v2BeatsPlainRtnOnLogitsAndTiesOnAttention) {
     for (auto [sum, m] : {std::pair{&kvarn, &a}, std::pair{&rtn, &b}}) {
       sum->attn_rel_l2 += m->attn_rel_l2;
       sum->attn_cosine += m->attn_cosine;
+      sum->attn_kl_mean += m->attn_kl_mean;
     }
   }
   EXPECT_LT(kvarn.attn_rel_l2, 1.05 * rtn.attn_rel_l2);
   EXPECT_GT(kvarn.attn_cosine, rtn.attn_cosine - 0.01);
+  EXPECT_LT(kvarn.attn_kl_mean, 0.8 * rtn.attn_kl_mean);  // 0.59 measured
 }
 
 }  // namespace

@@ -12,8 +12,12 @@
 // meta record). A value that fails, or that RocksDB reports as corrupt, is deleted,
 // counted in corrupt_dropped() and reported as kDataLoss; its bytes are never returned.
 //
-// Capacity counts live payload bytes (not file sizes: deleted blobs are reclaimed by
-// blob garbage collection during compaction). Access order changes are kept in memory
+// Capacity counts live payload bytes. File space of deleted or evicted blobs is reclaimed
+// by blob garbage collection: once the bytes deleted since the last pass reach a quarter
+// of the capacity (at least 64 MiB), a background thread flushes the values family and
+// compacts it with forced blob GC (blob files are capacity/32 bytes, 8..256 MiB); the WAL
+// is capped at capacity/8 (32..256 MiB). The directory then stays within a few times the
+// capacity for small capacities (64 MiB: at most ~5x) and close to it for large ones. Access order changes are kept in memory
 // only; after a restart the order is that of the persisted (insertion) stamps.
 //
 //   KVTIER_ASSIGN_OR_RETURN(auto disk, DiskTier::Open({.path = "/var/lib/kvtier"}));
@@ -21,7 +25,8 @@
 //   absl::StatusOr<Payload> p = disk->Get(key, tick);  // nullptr on a miss
 //
 // Thread safety: safe for concurrent use without external locking.
-// Lock order: a key stripe (stripes_) before index_mu_; never two stripes at once.
+// Lock order: a key stripe (stripes_) before index_mu_; never two stripes at once;
+// gc_mu_ is taken alone.
 #ifndef KVTIER_STORAGE_DISK_TIER_H_
 #define KVTIER_STORAGE_DISK_TIER_H_
 
@@ -33,12 +38,13 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "storage/mutex.h"
 #include "absl/types/span.h"
 #include "storage/eviction.h"
 #include "storage/tiered_store.h"
@@ -46,6 +52,9 @@
 namespace rocksdb {
 class DB;
 class ColumnFamilyHandle;
+class Status;
+class WriteBatch;
+struct WriteOptions;
 }  // namespace rocksdb
 
 namespace kvtier::storage {
@@ -112,6 +121,8 @@ class DiskTier {
   uint64_t evictions() const { return evictions_.load(std::memory_order_relaxed); }
   uint64_t quota_evictions() const { return quota_evictions_.load(std::memory_order_relaxed); }
   uint64_t corrupt_dropped() const { return corrupt_dropped_.load(std::memory_order_relaxed); }
+  // Background blob garbage-collection passes started so far.
+  uint64_t gc_passes() const { return gc_passes_.load(std::memory_order_relaxed); }
 
  private:
   struct Entry {
@@ -125,7 +136,7 @@ class DiskTier {
   DiskTier(const DiskTierOptions& options, rocksdb::DB* db,
            std::vector<rocksdb::ColumnFamilyHandle*> handles);
   absl::Status Rebuild(const std::function<int(std::string_view)>& group_of);
-  absl::Mutex& StripeFor(const std::string& key) const;
+  Mutex& StripeFor(const std::string& key) const;
   uint64_t QuotaBytes(int group) const;
   void AddLocked(const std::string& key, const Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_mu_);
   void RemoveLocked(absl::flat_hash_map<std::string, Entry>::iterator it)
@@ -138,6 +149,10 @@ class DiskTier {
   // Drops a corrupt value if the index still holds the same version (pos.id == id).
   void DropCorrupt(const std::string& key, uint64_t id);
   absl::Status DeleteFromDb(const std::string& key, bool sync);
+  // Counts deleted value bytes; starts a GC pass in the background past the threshold.
+  void AddGarbage(uint64_t bytes);
+  void CollectGarbage();
+  rocksdb::Status WriteToDb(const rocksdb::WriteOptions& wo, rocksdb::WriteBatch* batch);
 
   // Constant after construction.
   const uint64_t capacity_bytes_;
@@ -147,14 +162,25 @@ class DiskTier {
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // owned; [0] values, [1] meta
   uint64_t max_tick_at_open_ = 0;                      // set by Rebuild before use
 
-  mutable std::array<absl::Mutex, kStripes> stripes_;
+  mutable std::array<Mutex, kStripes> stripes_;
 
-  mutable absl::Mutex index_mu_;
+  mutable Mutex index_mu_;
   absl::flat_hash_map<std::string, Entry> index_ ABSL_GUARDED_BY(index_mu_);
   EvictionIndex order_ ABSL_GUARDED_BY(index_mu_);
   uint64_t bytes_ ABSL_GUARDED_BY(index_mu_) = 0;
   std::vector<uint64_t> group_bytes_ ABSL_GUARDED_BY(index_mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(index_mu_) = 1;
+
+#ifdef KVTIER_STORAGE_TSAN
+  Mutex tsan_write_mu_;  // see WriteToDb()
+#endif
+
+  std::atomic<uint64_t> garbage_bytes_{0};  // value bytes deleted since the last GC pass
+  std::atomic<bool> gc_running_{false};
+  Mutex gc_mu_;
+  std::thread gc_thread_ ABSL_GUARDED_BY(gc_mu_);  // the last GC pass
+  uint64_t gc_threshold_ = 0;  // constant after construction
+  std::atomic<uint64_t> gc_passes_{0};
 
   std::atomic<uint64_t> evictions_{0};
   std::atomic<uint64_t> quota_evictions_{0};

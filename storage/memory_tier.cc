@@ -55,7 +55,7 @@ InsertResult MemoryTier::Insert(const std::string& key, Payload payload, uint64_
                                 int group, AccessStamp stamp) {
   Shard& s = ShardFor(key);
   const uint64_t n = payload->size();
-  absl::MutexLock lock(&s.mu);
+  MutexLock lock(&s.mu);
   auto [it, inserted] = s.map.try_emplace(key);
   if (!inserted) {
     return it->second.checksum == checksum ? InsertResult::kPresentSame
@@ -74,7 +74,7 @@ InsertResult MemoryTier::Insert(const std::string& key, Payload payload, uint64_
 
 Payload MemoryTier::Get(const std::string& key, uint64_t tick) {
   Shard& s = ShardFor(key);
-  absl::MutexLock lock(&s.mu);
+  MutexLock lock(&s.mu);
   auto it = s.map.find(key);
   if (it == s.map.end()) return nullptr;
   Entry& e = it->second;
@@ -88,7 +88,7 @@ Payload MemoryTier::Get(const std::string& key, uint64_t tick) {
 
 bool MemoryTier::Touch(const std::string& key, AccessStamp stamp) {
   Shard& s = ShardFor(key);
-  absl::MutexLock lock(&s.mu);
+  MutexLock lock(&s.mu);
   auto it = s.map.find(key);
   if (it == s.map.end()) return false;
   Entry& e = it->second;
@@ -103,7 +103,7 @@ bool MemoryTier::Touch(const std::string& key, AccessStamp stamp) {
 
 std::optional<uint64_t> MemoryTier::Checksum(const std::string& key) const {
   Shard& s = ShardFor(key);
-  absl::MutexLock lock(&s.mu);
+  MutexLock lock(&s.mu);
   auto it = s.map.find(key);
   if (it == s.map.end()) return std::nullopt;
   return it->second.checksum;
@@ -112,7 +112,7 @@ std::optional<uint64_t> MemoryTier::Checksum(const std::string& key) const {
 bool MemoryTier::Erase(const std::string& key) {
   Shard& s = ShardFor(key);
   Payload doomed;  // released after the lock
-  absl::MutexLock lock(&s.mu);
+  MutexLock lock(&s.mu);
   auto it = s.map.find(key);
   if (it == s.map.end()) return false;
   s.order.Remove(it->second.pos, it->second.group);
@@ -128,7 +128,7 @@ bool MemoryTier::EvictOne(int group, EvictedBlock* out) {
     Shard* best = nullptr;
     EvictionPos best_pos;
     for (auto& shard : shards_) {
-      absl::MutexLock lock(&shard->mu);
+      MutexLock lock(&shard->mu);
       auto head = shard->order.Oldest(group);
       if (head && (best == nullptr || EvictFirst()(head->first, best_pos))) {
         best = shard.get();
@@ -136,7 +136,7 @@ bool MemoryTier::EvictOne(int group, EvictedBlock* out) {
       }
     }
     if (best == nullptr) return false;
-    absl::MutexLock lock(&best->mu);
+    MutexLock lock(&best->mu);
     auto head = best->order.Oldest(group);
     // Re-stamped or erased meanwhile: look again.
     if (!head || !(head->first == best_pos)) continue;
@@ -157,7 +157,7 @@ bool MemoryTier::EvictOne(int group, EvictedBlock* out) {
 
 std::vector<EvictedBlock> MemoryTier::EvictToFit(int group) {
   std::vector<EvictedBlock> victims;
-  absl::MutexLock lock(&evict_mu_);
+  MutexLock lock(&evict_mu_);
   while (OverQuota(group)) {
     EvictedBlock v;
     if (!EvictOne(group, &v)) break;

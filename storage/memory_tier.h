@@ -24,7 +24,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/mutex.h"
+#include "storage/mutex.h"
 #include "storage/eviction.h"
 #include "storage/tiered_store.h"
 
@@ -93,7 +93,7 @@ class MemoryTier {
     EvictionPos pos;
   };
   struct Shard {
-    mutable absl::Mutex mu;
+    mutable Mutex mu;
     absl::flat_hash_map<std::string, Entry> map ABSL_GUARDED_BY(mu);
     EvictionIndex order ABSL_GUARDED_BY(mu);
   };
@@ -117,7 +117,7 @@ class MemoryTier {
   std::atomic<uint64_t> evictions_{0};
 
   // Serializes evictors so two threads never pick the same victim or over-evict.
-  absl::Mutex evict_mu_;
+  Mutex evict_mu_;
 };
 
 }  // namespace kvtier::storage

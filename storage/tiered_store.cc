@@ -11,7 +11,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "storage/mutex.h"
 #include "kernels/payload.h"
 #include "storage/block_key.h"
 #include "storage/disk_tier.h"
@@ -35,6 +35,7 @@ class TieredStoreImpl final : public TieredStore {
   TieredStoreImpl(const TieredStoreOptions& options, std::vector<std::string> quota_prefixes,
                   std::vector<uint64_t> quotas)
       : write_through_(options.write_through),
+        chain_aware_(options.chain_aware_eviction),
         quota_prefixes_(std::move(quota_prefixes)),
         quotas_(quotas),
         memory_(MemoryTierOptions{options.memory_capacity_bytes, options.memory_shards,
@@ -104,14 +105,15 @@ class TieredStoreImpl final : public TieredStore {
     size_t i = 0;
     for (; i < chain.size(); ++i) {
       const std::string ekey = EncodeBlockKey(ns, chain[i], part);
-      const AccessStamp stamp{tick, static_cast<uint32_t>(i)};
+      const AccessStamp stamp = chain_aware_ ? AccessStamp{tick, static_cast<uint32_t>(i)}
+                                             : AccessStamp{NextTick(), 0};
       if (memory_.Touch(ekey, stamp)) continue;
       if (disk_ && disk_->Touch(ekey, stamp)) continue;
       break;
     }
-    if (i < chain.size()) {
+    if (i < chain.size() && chain_aware_) {
       const size_t end = std::min(chain.size(), i + kHintWindow);
-      absl::MutexLock lock(&hint_mu_);
+      MutexLock lock(&hint_mu_);
       for (size_t j = i; j < end; ++j) {
         RememberLocked(EncodeBlockKey(ns, chain[j], part), {tick, static_cast<uint32_t>(j)});
       }
@@ -249,7 +251,7 @@ class TieredStoreImpl final : public TieredStore {
 
   AccessStamp TakeHint(const std::string& ekey) {
     {
-      absl::MutexLock lock(&hint_mu_);
+      MutexLock lock(&hint_mu_);
       auto it = hints_.find(ekey);
       if (it != hints_.end()) {
         const AccessStamp s = it->second.stamp;
@@ -279,6 +281,7 @@ class TieredStoreImpl final : public TieredStore {
 
   // Constant after construction.
   const bool write_through_;
+  const bool chain_aware_;
   const std::vector<std::string> quota_prefixes_;
   const std::vector<uint64_t> quotas_;
   MemoryTier memory_;
@@ -287,7 +290,7 @@ class TieredStoreImpl final : public TieredStore {
   std::atomic<uint64_t> next_tick_{1};
 
   // Positions of keys that a Lookup missed, for the Put that usually follows.
-  absl::Mutex hint_mu_;
+  Mutex hint_mu_;
   absl::flat_hash_map<std::string, Hint> hints_ ABSL_GUARDED_BY(hint_mu_);
   std::deque<std::pair<std::string, uint64_t>> hint_fifo_ ABSL_GUARDED_BY(hint_mu_);
   uint64_t hint_gen_ ABSL_GUARDED_BY(hint_mu_) = 0;

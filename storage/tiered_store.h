@@ -10,6 +10,19 @@
 //   std::vector<absl::StatusOr<Lease>> got = store->Get(keys);         // miss: !lease
 //
 // Thread safety: every method is safe for concurrent use without external locking.
+//
+// Implementation notes (storage/tiered_store.cc, memory_tier.h, disk_tier.h, eviction.h):
+// - Eviction order (both tiers, storage/eviction.h): least recently used first; among
+//   blocks last used by the same Lookup/Get, the deepest chain position first (a block
+//   is useless once its parent is gone). A Put takes the recency and chain position of
+//   the Lookup that missed its key, so "Lookup, then Put what missed" stores a chain
+//   whose tail is evicted before its head.
+// - RAM evictions are demoted to disk when the disk tier lacks the block; a disk hit in
+//   Get is validated and promoted into RAM (Lease::tier says kDisk for that Get).
+// - Stats: TierStats::hits/misses count Get lookups per tier (a RAM miss that the disk
+//   serves is a RAM miss and a disk hit); Lookup is a presence probe and not counted.
+//   puts_rejected counts every failed Put (invalid payload, checksum conflict, too large).
+// - Lock order: no lock is held across the two tiers; within a tier see its header.
 #ifndef KVTIER_STORAGE_TIERED_STORE_H_
 #define KVTIER_STORAGE_TIERED_STORE_H_
 
@@ -79,6 +92,11 @@ struct TieredStoreOptions {
   // Payloads of at least this many bytes go to RocksDB blob files rather than SST files.
   // Default: 64 KiB. Fixed after Open. (Added by the storage implementation.)
   uint64_t disk_min_blob_size_bytes = uint64_t{64} << 10;
+  // Evict the deepest block of a chain first among equally recent blocks (see the notes
+  // at the top). false: plain LRU, where a Lookup touches its chain head to tail, so the
+  // head is the least recent. Default: true. Fixed after Open. (Added by the storage
+  // implementation; false exists to measure the rule, see docs/benchmarks/storage.md.)
+  bool chain_aware_eviction = true;
 };
 
 struct TierStats {

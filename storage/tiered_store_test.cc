@@ -142,6 +142,17 @@ TEST_F(TieredStoreTest, EvictsTheDeepestBlockOfALookedUpChainFirst) {
   EXPECT_EQ(s->Lookup(kNs, Chain(200, 1), 0), 1u);
 }
 
+TEST_F(TieredStoreTest, PlainLruEvictsTheChainHeadFirst) {
+  TieredStoreOptions o = RamOnly(5);
+  o.chain_aware_eviction = false;
+  auto s = Open(o);
+  LookupThenPut(*s, 0, 4);
+  LookupThenPut(*s, 100, 1);
+  LookupThenPut(*s, 200, 1);  // evicts block 0: the whole chain A is now unreachable
+  EXPECT_EQ(s->Lookup(kNs, Chain(0, 4), 0), 0u);
+  EXPECT_EQ(s->Lookup(kNs, Chain(1, 3), 0), 3u);
+}
+
 TEST_F(TieredStoreTest, LeaseOutlivesEvictionAndDelete) {
   auto s = Open(RamOnly(1));
   ASSERT_TRUE(s->Put(Key(kNs, 1), RandomPayload(1)).ok());

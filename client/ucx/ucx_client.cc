@@ -140,11 +140,25 @@ class UcxConnection::Impl {
     (void)loop_->Call([this]() -> absl::Status {
       broken_ = true;
       FailAll(absl::UnavailableError("UCX connection closed"));
-      CloseEndpoint(/*force=*/false);
+      // A graceful close would wait for sends still in flight (a Put whose payload the
+      // server has not pulled yet); force it then, which completes them as cancelled.
+      bool sending = false;
+      for (const auto& [id, p] : pending_) sending |= p->registered && !p->send_done;
+      CloseEndpoint(/*force=*/sending);
+      loop_->ProgressUntil([this] { return pending_.empty(); }, absl::Seconds(2));
       return absl::OkStatus();
     });
     loop_->Stop();
     loop_.reset();
+    // The worker is gone, so UCX reads no caller buffer any more: release any caller still
+    // waiting (not expected after the forced close, but never leave one blocked).
+    for (auto& [id, p] : pending_) {
+      if (p->completed) continue;
+      if (p->status.ok()) p->status = absl::UnavailableError("UCX connection closed");
+      p->completed = true;
+      p->done.Notify();
+    }
+    pending_.clear();
   }
 
   bool connected() const { return !broken_.load(); }

@@ -17,9 +17,11 @@
 //   ...
 //   ucx->Stop();  // on SIGTERM, before the store is flushed and destroyed
 //
-// Threading: one loop thread owns the UCX worker; it receives requests, calls the store
-// (synchronously) and sends the responses. The hooks run on that thread and must not
-// block for long. Start, port and Stop are safe from any thread.
+// Threading: one loop thread owns the UCX worker; it receives and validates requests and
+// sends the responses. Store calls run on a small pool (options.store_threads) so that a
+// slow disk never stalls the network; their results go back to the loop thread. The hooks
+// run on the loop thread and must not block for long. Start, port, Stop, stats and
+// inflight_requests are safe from any thread.
 #ifndef KVTIER_SERVICE_UCX_UCX_SERVER_H_
 #define KVTIER_SERVICE_UCX_UCX_SERVER_H_
 
@@ -84,6 +86,10 @@ struct UcxDataPlaneOptions {
   // senders see backpressure, not errors) until earlier ones are stored. A single put
   // larger than this is still received alone. Default: 1 GiB.
   uint64_t max_inflight_put_bytes = uint64_t{1} << 30;
+  // Threads that run store calls (Lookup, Get, Put, Delete) off the loop thread, so a
+  // slow disk tier never stalls network progress; 0 runs them inline on the loop thread.
+  // Default: 4.
+  int store_threads = 4;
   // Time Stop gives requests already received to finish before endpoints are closed.
   // Default: 20 s.
   absl::Duration drain_timeout = absl::Seconds(20);

@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -41,7 +42,17 @@ int Serve() {
   service::UcxDataPlaneOptions o;
   o.listen_address = "127.0.0.1";
   o.loop = ucx_test::LoopOptions("ucx-bench-srv");
-  auto server = service::UcxDataPlane::Start(o, store->get(), {});
+  // Server-side time per request (receipt of the request AM to completion of its last
+  // response), printed at exit: separates server work from transport and client time.
+  std::map<std::string, std::pair<double, uint64_t>> server_time;  // loop thread only
+  service::UcxHooks hooks;
+  hooks.on_request = [&](absl::string_view method, absl::StatusCode, double seconds, uint64_t,
+                         uint64_t) {
+    auto& [sum, n] = server_time[std::string(method)];
+    sum += seconds;
+    ++n;
+  };
+  auto server = service::UcxDataPlane::Start(o, store->get(), std::move(hooks));
   if (!server.ok()) {
     std::fprintf(stderr, "server: %s\n", server.status().ToString().c_str());
     return 1;
@@ -52,6 +63,10 @@ int Serve() {
   while (read(STDIN_FILENO, buf, sizeof(buf)) > 0) {
   }
   (*server)->Stop();
+  for (const auto& [method, t] : server_time) {
+    std::fprintf(stderr, "server-side %s: %llu requests, mean %.3f ms\n", method.c_str(),
+                 static_cast<unsigned long long>(t.second), t.first / t.second * 1e3);
+  }
   return 0;
 }
 

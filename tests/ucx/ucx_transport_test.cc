@@ -1,6 +1,8 @@
 // The UCX data plane end to end on loopback: UcxConnection <-> UcxDataPlane over a real
 // TieredStore (RAM tier). Transports: $KVTIER_UCX_TEST_TLS (default "tcp").
+#include <algorithm>
 #include <array>
+#include <cstdio>
 #include <atomic>
 #include <cstring>
 #include <map>
@@ -40,11 +42,13 @@ struct Finished {
   uint64_t bytes_out;
 };
 
-class UcxTransportTest : public ::testing::Test {
+// Parameter: UcxDataPlaneOptions::store_threads (0 = store calls inline on the loop thread).
+class UcxTransportTest : public ::testing::TestWithParam<int> {
  protected:
   void SetUp() override { StartServer(UcxDataPlaneOptions()); }
 
   void StartServer(UcxDataPlaneOptions o) {
+    o.store_threads = GetParam();
     storage::TieredStoreOptions so;
     so.memory_capacity_bytes = uint64_t{1} << 30;
     auto store = storage::TieredStore::Open(so);
@@ -144,7 +148,7 @@ std::string PutHeader(const std::string& token, uint64_t id, const std::string& 
   return r.SerializeAsString();
 }
 
-TEST_F(UcxTransportTest, PutGetRoundTripOfLargePayloads) {
+TEST_P(UcxTransportTest, PutGetRoundTripOfLargePayloads) {
   auto c = Connect();
   ASSERT_NE(c, nullptr);
   const size_t sizes[] = {256 << 10, 1 << 20, 4 << 20, 16 << 20};
@@ -194,7 +198,7 @@ TEST_F(UcxTransportTest, PutGetRoundTripOfLargePayloads) {
   EXPECT_EQ(get_out, total);
 }
 
-TEST_F(UcxTransportTest, LookupCountsTheLeadingPrefixOnly) {
+TEST_P(UcxTransportTest, LookupCountsTheLeadingPrefixOnly) {
   auto c = Connect();
   ASSERT_NE(c, nullptr);
   std::vector<ChainHash> chain;
@@ -220,7 +224,7 @@ TEST_F(UcxTransportTest, LookupCountsTheLeadingPrefixOnly) {
   EXPECT_EQ(put_results_["stored"], 4);
 }
 
-TEST_F(UcxTransportTest, GetAnswersHitsAndMissesInOrder) {
+TEST_P(UcxTransportTest, GetAnswersHitsAndMissesInOrder) {
   auto c = Connect();
   ASSERT_NE(c, nullptr);
   Payload a = storage::testing::RandomPayload(7, 3);
@@ -240,7 +244,7 @@ TEST_F(UcxTransportTest, GetAnswersHitsAndMissesInOrder) {
   EXPECT_EQ(get_results_["none/miss"], 2);
 }
 
-TEST_F(UcxTransportTest, PutMemoryBudgetQueuesRendezvousPutsInsteadOfFailing) {
+TEST_P(UcxTransportTest, PutMemoryBudgetQueuesRendezvousPutsInsteadOfFailing) {
   server_->Stop();
   UcxDataPlaneOptions o;
   o.max_inflight_put_bytes = 1 << 20;  // smaller than one payload: one at a time
@@ -265,7 +269,7 @@ TEST_F(UcxTransportTest, PutMemoryBudgetQueuesRendezvousPutsInsteadOfFailing) {
   for (int i = 0; i < 6; ++i) EXPECT_EQ((*got)[i].payload, *payloads[i]);
 }
 
-TEST_F(UcxTransportTest, DeleteRemovesBlocks) {
+TEST_P(UcxTransportTest, DeleteRemovesBlocks) {
   auto c = Connect();
   ASSERT_NE(c, nullptr);
   for (int i = 0; i < 3; ++i) {
@@ -287,7 +291,7 @@ TEST_F(UcxTransportTest, DeleteRemovesBlocks) {
   EXPECT_EQ(r->Delete(kNs, 0, {H(2)}).status().code(), absl::StatusCode::kPermissionDenied);
 }
 
-TEST_F(UcxTransportTest, TokensAreCheckedAndNothingIsStoredWithoutRights) {
+TEST_P(UcxTransportTest, TokensAreCheckedAndNothingIsStoredWithoutRights) {
   Payload p = ucx_test::PayloadOfAtLeast(5, 1 << 20);  // rendezvous-sized
   auto stranger = Connect("no-such-token");
   ASSERT_NE(stranger, nullptr);
@@ -327,7 +331,7 @@ TEST_F(UcxTransportTest, TokensAreCheckedAndNothingIsStoredWithoutRights) {
             absl::StatusCode::kInvalidArgument);
 }
 
-TEST_F(UcxTransportTest, MalformedRequestsAreInvalidArgumentAndServerKeepsServing) {
+TEST_P(UcxTransportTest, MalformedRequestsAreInvalidArgumentAndServerKeepsServing) {
   auto c = Connect();
   ASSERT_NE(c, nullptr);
   // Not a protobuf at all: answered with request_id 0.
@@ -383,7 +387,7 @@ TEST_F(UcxTransportTest, MalformedRequestsAreInvalidArgumentAndServerKeepsServin
   EXPECT_EQ(*c->Lookup(kNs, 0, {H(1)}), 1u);
 }
 
-TEST_F(UcxTransportTest, ChainLengthLimitAndLongChainsAsData) {
+TEST_P(UcxTransportTest, ChainLengthLimitAndLongChainsAsData) {
   auto c = Connect();
   ASSERT_NE(c, nullptr);
   std::vector<ChainHash> chain;
@@ -405,7 +409,7 @@ TEST_F(UcxTransportTest, ChainLengthLimitAndLongChainsAsData) {
   EXPECT_EQ(too_long.status().message(), "chain has 4097 hashes; the limit is 4096");
 }
 
-TEST_F(UcxTransportTest, WrongPayloadSizeIsRejectedAndNothingStored) {
+TEST_P(UcxTransportTest, WrongPayloadSizeIsRejectedAndNothingStored) {
   auto c = Connect();
   ASSERT_NE(c, nullptr);
   for (size_t size : {size_t{8} << 10, size_t{4} << 20}) {  // eager and rendezvous
@@ -433,7 +437,7 @@ TEST_F(UcxTransportTest, WrongPayloadSizeIsRejectedAndNothingStored) {
   EXPECT_TRUE(c->Put(kNs, H(2), 0, ok->data(), ok->size()).ok());
 }
 
-TEST_F(UcxTransportTest, ChecksumCorruptionIsDataLossAndNothingStored) {
+TEST_P(UcxTransportTest, ChecksumCorruptionIsDataLossAndNothingStored) {
   auto c = Connect();
   ASSERT_NE(c, nullptr);
   for (size_t size : {size_t{8} << 10, size_t{2} << 20}) {
@@ -458,7 +462,7 @@ TEST_F(UcxTransportTest, ChecksumCorruptionIsDataLossAndNothingStored) {
   EXPECT_GE(data_loss, 2);
 }
 
-TEST_F(UcxTransportTest, RequestWithoutAnswerInTimeIsDeadlineExceeded) {
+TEST_P(UcxTransportTest, RequestWithoutAnswerInTimeIsDeadlineExceeded) {
   auto c = Connect(kWriter, absl::Seconds(10));
   ASSERT_NE(c, nullptr);
   {
@@ -480,7 +484,51 @@ TEST_F(UcxTransportTest, RequestWithoutAnswerInTimeIsDeadlineExceeded) {
   EXPECT_EQ(*n, 0u);
 }
 
-TEST_F(UcxTransportTest, StopDrainsInFlightRequestsThenClientsSeeUnavailable) {
+TEST_P(UcxTransportTest, ClientClosingWithQueuedPutsLeavesTheServerServing) {
+  server_->Stop();
+  UcxDataPlaneOptions o;
+  o.max_inflight_put_bytes = 1 << 20;  // the server pulls one payload at a time
+  StartServer(o);
+  Payload big = ucx_test::PayloadOfAtLeast(70, 8 << 20);
+  auto a = Connect();
+  ASSERT_NE(a, nullptr);
+  std::vector<std::thread> threads;
+  std::vector<absl::StatusCode> codes(6, absl::StatusCode::kUnknown);
+  for (int i = 0; i < 6; ++i) {
+    threads.emplace_back([&, i] {
+      codes[i] = a->Put(kNs, H(100 + i), 0, big->data(), big->size()).status().code();
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(20));
+  a->Close();  // puts still queued on the server, some payloads not pulled yet
+  for (auto& t : threads) t.join();
+  std::printf("puts before Close: %d of 6 finished OK\n",
+              static_cast<int>(std::count(codes.begin(), codes.end(), absl::StatusCode::kOk)));
+  for (absl::StatusCode code : codes) {
+    EXPECT_TRUE(code == absl::StatusCode::kOk || code == absl::StatusCode::kUnavailable)
+        << absl::StatusCodeToString(code);
+  }
+  // Another client is served normally, including a rendezvous put, and the server stops
+  // cleanly afterwards.
+  auto b = Connect();
+  ASSERT_NE(b, nullptr);
+  Payload p = ucx_test::PayloadOfAtLeast(71, 2 << 20);
+  auto r = b->Put(kNs, H(200), 0, p->data(), p->size());
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto got = b->Get(kNs, 0, {H(200)});
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ((*got)[0].payload, *p);
+  // Whatever was stored from the closed client is complete and valid.
+  for (int i = 0; i < 6; ++i) {
+    auto g = b->Get(kNs, 0, {H(100 + i)});
+    ASSERT_TRUE(g.ok());
+    if ((*g)[0].payload.has_value()) {
+      EXPECT_EQ(*(*g)[0].payload, *big);
+    }
+  }
+}
+
+TEST_P(UcxTransportTest, StopDrainsInFlightRequestsThenClientsSeeUnavailable) {
   auto c = Connect();
   ASSERT_NE(c, nullptr);
   std::vector<Payload> payloads;
@@ -515,7 +563,7 @@ TEST_F(UcxTransportTest, StopDrainsInFlightRequestsThenClientsSeeUnavailable) {
   EXPECT_FALSE(c->connected());
 }
 
-TEST_F(UcxTransportTest, ConnectToClosedPortIsUnavailable) {
+TEST_P(UcxTransportTest, ConnectToClosedPortIsUnavailable) {
   uint16_t port = server_->port();
   server_->Stop();
   UcxConnectionOptions o;
@@ -526,7 +574,7 @@ TEST_F(UcxTransportTest, ConnectToClosedPortIsUnavailable) {
       << c.status();
 }
 
-TEST_F(UcxTransportTest, ManyConcurrentClients) {
+TEST_P(UcxTransportTest, ManyConcurrentClients) {
   constexpr int kClients = 12;
   constexpr int kThreadsPerClient = 2;
   constexpr int kBlocksPerThread = 6;
@@ -579,6 +627,12 @@ TEST_F(UcxTransportTest, ManyConcurrentClients) {
   EXPECT_EQ(stats.puts_stored, 1u + kClients * kThreadsPerClient * kBlocksPerThread);
   EXPECT_EQ(stats.puts_deduplicated, uint64_t{kClients * kThreadsPerClient * kBlocksPerThread} - 1);
 }
+
+INSTANTIATE_TEST_SUITE_P(StoreThreads, UcxTransportTest, ::testing::Values(0, 4),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return info.param == 0 ? std::string("Inline")
+                                                  : absl::StrCat("Pool", info.param);
+                         });
 
 }  // namespace
 }  // namespace kvtier

@@ -38,6 +38,11 @@ std::string EncodeBlockKey(std::string_view ns, const ChainHash& chain, uint32_t
   return out;
 }
 
+void SetEncodedChain(std::string* encoded, const ChainHash& chain) {
+  const uint32_t n = ReadU32(encoded->data());
+  std::memcpy(encoded->data() + 4 + n, chain.data(), chain.size());
+}
+
 std::string_view EncodedKeyNamespace(std::string_view encoded) {
   if (encoded.size() < 4) return {};
   const uint32_t n = ReadU32(encoded.data());

@@ -33,6 +33,10 @@ inline std::string EncodeBlockKey(const BlockKey& key) {
   return EncodeBlockKey(key.ns, key.chain, key.part);
 }
 
+// Overwrites the chain hash of an encoded key in place (walking a chain without
+// re-encoding). Precondition: `encoded` is a well-formed encoding.
+void SetEncodedChain(std::string* encoded, const ChainHash& chain);
+
 // Parses an encoded key; kDataLoss when the bytes are not a well-formed encoding.
 absl::StatusOr<BlockKey> DecodeBlockKey(std::string_view encoded);
 

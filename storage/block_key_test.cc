@@ -33,6 +33,12 @@ TEST(BlockKeyTest, NamespacePrefixesAreUnambiguous) {
   EXPECT_NE(ab.rfind(EncodeNamespace("a"), 0), 0u);
 }
 
+TEST(BlockKeyTest, SetEncodedChainReplacesOnlyTheHash) {
+  std::string e = EncodeBlockKey("ns/x", testing::Hash(1), 7);
+  SetEncodedChain(&e, testing::Hash(2));
+  EXPECT_EQ(e, EncodeBlockKey("ns/x", testing::Hash(2), 7));
+}
+
 TEST(BlockKeyTest, MalformedEncodingIsDataLoss) {
   std::string e = EncodeBlockKey("ns", testing::Hash(1), 0);
   EXPECT_EQ(DecodeBlockKey(e.substr(0, 3)).status().code(), absl::StatusCode::kDataLoss);

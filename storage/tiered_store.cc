@@ -101,10 +101,12 @@ class TieredStoreImpl final : public TieredStore {
   }
 
   size_t Lookup(std::string_view ns, absl::Span<const ChainHash> chain, uint32_t part) override {
+    if (chain.empty()) return 0;
     const uint64_t tick = NextTick();
+    std::string ekey = EncodeBlockKey(ns, chain[0], part);
     size_t i = 0;
     for (; i < chain.size(); ++i) {
-      const std::string ekey = EncodeBlockKey(ns, chain[i], part);
+      SetEncodedChain(&ekey, chain[i]);
       const AccessStamp stamp = chain_aware_ ? AccessStamp{tick, static_cast<uint32_t>(i)}
                                              : AccessStamp{NextTick(), 0};
       if (memory_.Touch(ekey, stamp)) continue;
@@ -115,7 +117,8 @@ class TieredStoreImpl final : public TieredStore {
       const size_t end = std::min(chain.size(), i + kHintWindow);
       MutexLock lock(&hint_mu_);
       for (size_t j = i; j < end; ++j) {
-        RememberLocked(EncodeBlockKey(ns, chain[j], part), {tick, static_cast<uint32_t>(j)});
+        SetEncodedChain(&ekey, chain[j]);
+        RememberLocked(ekey, {tick, static_cast<uint32_t>(j)});
       }
     }
     return i;
@@ -236,11 +239,13 @@ class TieredStoreImpl final : public TieredStore {
         "block key already stored with a different checksum; the stored block is kept");
   }
 
-  // Writes RAM victims that the disk does not hold yet to disk.
+  // Writes RAM victims that the disk does not hold yet to disk. With write-through every
+  // block went to disk when it was stored; one the disk has evicted since was colder than
+  // what the disk keeps, so it is not written again.
   void Demote(std::vector<EvictedBlock> victims) {
     for (EvictedBlock& v : victims) {
       if (v.by_quota) memory_quota_evictions_.fetch_add(1, std::memory_order_relaxed);
-      if (!disk_ || disk_->Contains(v.key)) continue;
+      if (!disk_ || write_through_ || disk_->Contains(v.key)) continue;
       absl::StatusOr<InsertResult> r =
           disk_->Put(v.key, *v.payload, v.checksum, v.group, v.stamp);
       if (r.ok() && *r == InsertResult::kInserted) {

@@ -17,8 +17,10 @@
 //   is useless once its parent is gone). A Put takes the recency and chain position of
 //   the Lookup that missed its key, so "Lookup, then Put what missed" stores a chain
 //   whose tail is evicted before its head.
-// - RAM evictions are demoted to disk when the disk tier lacks the block; a disk hit in
-//   Get is validated and promoted into RAM (Lease::tier says kDisk for that Get).
+// - Without write_through, RAM evictions are demoted to disk when the disk lacks them
+//   (with write_through every block reached disk when stored; one the disk evicted since
+//   is not written again). A disk hit in Get is validated and promoted into RAM
+//   (Lease::tier says kDisk for that Get).
 // - Stats: TierStats::hits/misses count Get lookups per tier (a RAM miss that the disk
 //   serves is a RAM miss and a disk hit); Lookup is a presence probe and not counted.
 //   puts_rejected counts every failed Put (invalid payload, checksum conflict, too large).

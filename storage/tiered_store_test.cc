@@ -203,6 +203,32 @@ TEST_F(TieredStoreTest, NamespaceOverQuotaEvictsOnlyItsOwnBlocks) {
   EXPECT_EQ(st.memory.blocks, 9u);
 }
 
+TEST_F(TieredStoreTest, NamespaceQuotaAppliesOnDiskToo) {
+  TieredStoreOptions o = WithDisk(100, 100);
+  o.namespace_quota_bytes["tenantA/"] = 3 * kBlock;
+  {
+    auto s = Open(o);
+    for (uint64_t i = 0; i < 4; ++i) ASSERT_TRUE(s->Put(Key("tenantB/m", i), RandomPayload(i)).ok());
+    for (uint64_t i = 10; i < 16; ++i) {
+      ASSERT_TRUE(s->Put(Key("tenantA/m", i), RandomPayload(i)).ok());
+    }
+    const StoreStats st = s->Stats();
+    EXPECT_EQ(st.disk.blocks, 7u);       // 4 of tenantB + 3 of tenantA
+    EXPECT_EQ(st.quota_evictions, 6u);   // 3 in RAM + 3 on disk
+    EXPECT_EQ(st.disk.evictions, 3u);
+  }
+  // After a restart the rebuilt disk index still charges tenantA/ for its blocks.
+  auto s = Open(o);
+  EXPECT_EQ(s->Lookup("tenantB/m", Chain(0, 4), 0), 4u);
+  EXPECT_EQ(s->Lookup("tenantA/m", Chain(13, 3), 0), 3u);
+  EXPECT_EQ(s->Lookup("tenantA/m", Chain(12, 1), 0), 0u);
+  ASSERT_TRUE(s->Put(Key("tenantA/m", 20), RandomPayload(20)).ok());
+  // 13..15 were looked up as one chain: its tail (15) goes first.
+  EXPECT_EQ(s->Lookup("tenantA/m", Chain(13, 3), 0), 2u);
+  EXPECT_EQ(s->Lookup("tenantB/m", Chain(0, 4), 0), 4u);
+  EXPECT_EQ(s->Stats().disk.blocks, 7u);
+}
+
 TEST_F(TieredStoreTest, DemotesOnEvictionAndPromotesOnDiskHit) {
   TieredStoreOptions o = WithDisk(2, 100);
   o.write_through = false;

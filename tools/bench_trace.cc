@@ -261,6 +261,7 @@ absl::StatusOr<ReplayResult> ReplayRequests(const std::vector<TraceRequest>& req
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
   const size_t step = std::max<size_t>(1, requests.size() / 200);
+  double last_draw = -1;
   std::vector<kernels::ChainHash> chain;
   std::vector<BlockKey> keys;
   for (size_t r = 0; r < requests.size(); ++r) {
@@ -289,7 +290,11 @@ absl::StatusOr<ReplayResult> ReplayRequests(const std::vector<TraceRequest>& req
     res.blocks += chain.size();
     res.hit_blocks += hit;
     if (o.progress && (r % step == 0 || r + 1 == requests.size())) {
-      DrawProgress(r + 1, requests.size(), elapsed());
+      const double now = elapsed();
+      if (now - last_draw >= 0.1 || r + 1 == requests.size()) {
+        DrawProgress(r + 1, requests.size(), now);
+        last_draw = now;
+      }
     }
   }
   res.seconds = elapsed();

@@ -422,7 +422,10 @@ int main(int argc, char** argv) {
           }
           redisFree(c);
         } else {
+          // Delete first: a re-Put of a present block is a deduplicated no-op that does not
+          // refresh its place in the eviction order, so it could be evicted during the phase.
           auto c = Connect(server.endpoint(), kind);
+          (void)c->Delete(kNs, 0, set);
           for (const auto& k : set) {
             PutItem item{k, payload};
             (void)c->Put(kNs, 0, absl::MakeConstSpan(&item, 1));

@@ -12,6 +12,7 @@
 #include "client/transport.h"
 #include "client/transport_internal.h"
 #include "kvtier/v1/kvtier.grpc.pb.h"
+#include "proto/kvtier/v1/wire.h"
 
 namespace kvtier::client {
 namespace internal {
@@ -115,13 +116,7 @@ void ReleaseBorrowed(void* p) {
   --b->slices;
 }
 
-void AppendVarint(uint64_t v, std::string* out) {
-  while (v >= 0x80) {
-    out->push_back(static_cast<char>((v & 0x7F) | 0x80));
-    v >>= 7;
-  }
-  out->push_back(static_cast<char>(v));
-}
+using v1::wire::AppendVarint;
 
 // One Put stream as a generic call: writes prepared messages in order, half-closes, reads
 // the single response. The call's owner blocks in Wait() until OnDone.
@@ -170,19 +165,7 @@ class PutCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
   grpc::Status status_ ABSL_GUARDED_BY(mu_);
 };
 
-// Reads a protobuf varint from bytes[pos..end); false when malformed or truncated.
-bool ReadVarint(const uint8_t* bytes, size_t end, size_t* pos, uint64_t* value) {
-  uint64_t v = 0;
-  for (int shift = 0; shift < 64 && *pos < end; shift += 7) {
-    const uint8_t b = bytes[(*pos)++];
-    v |= static_cast<uint64_t>(b & 0x7F) << shift;
-    if (!(b & 0x80)) {
-      *value = v;
-      return true;
-    }
-  }
-  return false;
-}
+using v1::wire::ReadVarint;
 
 // One Get stream as a generic call: sends the request, then assembles the blocks from the
 // response messages as they arrive (on gRPC's callback threads).

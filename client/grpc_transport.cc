@@ -6,10 +6,13 @@
 #include <condition_variable>
 #include <mutex>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "client/transport.h"
 #include "client/transport_internal.h"
 #include "kvtier/v1/kvtier.grpc.pb.h"
+#include "proto/kvtier/v1/wire.h"
 
 namespace kvtier::client {
 namespace internal {
@@ -101,13 +104,226 @@ using internal::PrepareContext;
 
 constexpr size_t kChunkBytes = size_t{4} << 20;
 
+// Counts gRPC slices that still reference caller memory (Put payloads sent without a copy).
+struct Borrowed {
+  absl::Mutex mu;
+  int slices ABSL_GUARDED_BY(mu) = 0;
+};
+
+void ReleaseBorrowed(void* p) {
+  auto* b = static_cast<Borrowed*>(p);
+  absl::MutexLock l(&b->mu);
+  --b->slices;
+}
+
+using v1::wire::AppendVarint;
+
+// One Put stream as a generic call: writes prepared messages in order, half-closes, reads
+// the single response. The call's owner blocks in Wait() until OnDone.
+class PutCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  explicit PutCall(std::vector<grpc::ByteBuffer> msgs) : msgs_(std::move(msgs)) {}
+  void Begin() {
+    StartRead(&response_);
+    if (msgs_.empty()) {
+      StartWritesDone();
+    } else {
+      StartWrite(&msgs_[0]);
+    }
+    StartCall();
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) return;  // the call is failing; OnDone brings its status
+    if (++next_ < msgs_.size()) {
+      StartWrite(&msgs_[next_]);
+    } else {
+      StartWritesDone();
+    }
+  }
+  void OnReadDone(bool ok) override { got_response_ = ok; }
+  void OnDone(const grpc::Status& s) override {
+    absl::MutexLock l(&mu_);
+    status_ = s;
+    done_ = true;
+  }
+  grpc::Status Wait() {
+    absl::MutexLock l(&mu_);
+    mu_.Await(absl::Condition(&done_));
+    return status_;
+  }
+  bool got_response() const { return got_response_; }
+  grpc::ByteBuffer& response() { return response_; }
+  void DropMessages() { msgs_.clear(); }
+
+ private:
+  std::vector<grpc::ByteBuffer> msgs_;
+  size_t next_ = 0;
+  grpc::ByteBuffer response_;
+  bool got_response_ = false;
+  absl::Mutex mu_;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status status_ ABSL_GUARDED_BY(mu_);
+};
+
+using v1::wire::ReadVarint;
+
+// One Get stream as a generic call: sends the request, then assembles the blocks from the
+// response messages as they arrive (on gRPC's callback threads).
+class GetCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  GetCall(grpc::ClientContext* ctx, const grpc::ByteBuffer* request, size_t n,
+          const std::string& endpoint)
+      : ctx_(ctx), request_(request), results_(n), endpoint_(endpoint) {}
+  void Begin() {
+    StartWrite(request_);
+    StartWritesDone();
+    StartRead(&msg_);
+    StartCall();
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) return;
+    absl::Status s = Consume();
+    if (!s.ok()) {
+      protocol_ = s;
+      ctx_->TryCancel();
+      return;
+    }
+    StartRead(&msg_);
+  }
+  void OnDone(const grpc::Status& s) override {
+    absl::MutexLock l(&mu_);
+    status_ = s;
+    done_ = true;
+  }
+  grpc::Status Wait() {
+    absl::MutexLock l(&mu_);
+    mu_.Await(absl::Condition(&done_));
+    return status_;
+  }
+  const absl::Status& protocol_error() const { return protocol_; }
+  size_t next() const { return next_; }
+  std::vector<BlockResult> TakeResults() { return std::move(results_); }
+
+ private:
+  absl::Status Consume() {
+    std::vector<grpc::Slice> slices;
+    if (!msg_.Dump(&slices).ok()) return absl::DataLossError("unreadable GetResponse");
+    const size_t total = msg_.Length();
+    uint8_t head[24] = {};
+    size_t got = 0;
+    for (const grpc::Slice& sl : slices) {
+      const size_t take = std::min(sl.size(), sizeof(head) - got);
+      std::memcpy(head + got, sl.begin(), take);
+      got += take;
+      if (got == sizeof(head)) break;
+    }
+    // Fast path: exactly {index (optional), chunk}.
+    size_t pos = 0;
+    uint64_t index = 0, len = 0;
+    bool fast = true;
+    if (pos < got && head[pos] == 0x08) {
+      ++pos;
+      fast = ReadVarint(head, got, &pos, &index);
+    }
+    if (fast && pos < got && head[pos] == 0x1A) {
+      ++pos;
+      if (ReadVarint(head, got, &pos, &len) && pos + len == total) {
+        return Chunk(index, slices, pos, len);
+      }
+    }
+    std::string flat;
+    for (const auto& sl : slices) flat.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+    v1::GetResponse m;
+    if (!m.ParseFromString(flat)) return absl::DataLossError("malformed GetResponse");
+    if (m.index() != next_ || next_ >= results_.size()) {
+      return absl::DataLossError(absl::StrCat("server ", endpoint_, " sent block ", m.index(),
+                                              ", expected ", next_));
+    }
+    BlockResult& r = results_[next_];
+    switch (m.part_case()) {
+      case v1::GetResponse::kMiss:
+        if (in_block_) return absl::DataLossError("miss marker inside a block");
+        r.hit = false;
+        r.status = m.miss().code() == 0
+                       ? absl::OkStatus()
+                       : absl::Status(static_cast<absl::StatusCode>(m.miss().code()),
+                                      m.miss().message());
+        ++next_;
+        return absl::OkStatus();
+      case v1::GetResponse::kHeader:
+        if (in_block_) return absl::DataLossError("header inside a block");
+        expected_ = m.header().payload_bytes();
+        if (expected_ < kernels::kPayloadHeaderBytes || expected_ > kernels::kMaxPayloadBytes) {
+          return absl::DataLossError(absl::StrCat("bad payload_bytes ", expected_));
+        }
+        r.tier = m.header().tier() == v1::TIER_MEMORY ? Tier::kMemory
+                 : m.header().tier() == v1::TIER_DISK ? Tier::kDisk
+                                                      : Tier::kUnknown;
+        r.payload.clear();
+        r.payload.reserve(expected_);
+        in_block_ = true;
+        return absl::OkStatus();
+      case v1::GetResponse::kChunk: {
+        grpc::Slice one(m.chunk());
+        std::vector<grpc::Slice> v = {one};
+        return Chunk(m.index(), v, 0, one.size());
+      }
+      default:
+        return absl::DataLossError("empty GetResponse");
+    }
+  }
+
+  absl::Status Chunk(uint64_t index, const std::vector<grpc::Slice>& slices, size_t offset,
+                     size_t n) {
+    if (index != next_ || next_ >= results_.size()) {
+      return absl::DataLossError(absl::StrCat("server ", endpoint_, " sent block ", index,
+                                              ", expected ", next_));
+    }
+    BlockResult& r = results_[next_];
+    if (!in_block_ || r.payload.size() + n > expected_) {
+      return absl::DataLossError("unexpected payload chunk");
+    }
+    for (const grpc::Slice& sl : slices) {
+      if (n == 0) break;
+      if (offset >= sl.size()) {
+        offset -= sl.size();
+        continue;
+      }
+      const size_t take = std::min(sl.size() - offset, n);
+      r.payload.insert(r.payload.end(), sl.begin() + offset, sl.begin() + offset + take);
+      n -= take;
+      offset = 0;
+    }
+    if (r.payload.size() == expected_) {
+      r.hit = true;
+      in_block_ = false;
+      ++next_;
+    }
+    return absl::OkStatus();
+  }
+
+  grpc::ClientContext* const ctx_;
+  const grpc::ByteBuffer* const request_;
+  std::vector<BlockResult> results_;
+  const std::string& endpoint_;
+  grpc::ByteBuffer msg_;
+  size_t next_ = 0;
+  bool in_block_ = false;
+  uint64_t expected_ = 0;
+  absl::Status protocol_;
+  absl::Mutex mu_;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status status_ ABSL_GUARDED_BY(mu_);
+};
+
 class GrpcTransport final : public Transport {
  public:
   GrpcTransport(std::string endpoint, TransportOptions o)
       : endpoint_(std::move(endpoint)),
         o_(std::move(o)),
         channel_(internal::MakeChannel(endpoint_, o_)),
-        stub_(v1::KvTier::NewStub(channel_)) {}
+        stub_(v1::KvTier::NewStub(channel_)),
+        generic_(channel_) {}
 
   const std::string& endpoint() const override { return endpoint_; }
   absl::string_view kind() const override { return "grpc"; }
@@ -146,6 +362,8 @@ class GrpcTransport final : public Transport {
     return out;
   }
 
+  // Get as a generic call: chunk messages are copied once, from the received slices into
+  // the block's buffer.
   absl::StatusOr<std::vector<BlockResult>> Get(absl::string_view ns, uint32_t part,
                                                absl::Span<const ChainHash> chain,
                                                absl::Time deadline) override {
@@ -153,83 +371,22 @@ class GrpcTransport final : public Transport {
     req.set_namespace_(std::string(ns));
     req.set_part(part);
     for (const auto& h : chain) req.add_chain_hashes(h.data(), h.size());
+    grpc::Slice rs(req.SerializeAsString());
+    grpc::ByteBuffer request(&rs, 1);
     grpc::ClientContext ctx;
     PrepareContext(&ctx, o_, deadline);
-    std::unique_ptr<grpc::ClientReader<v1::GetResponse>> reader = stub_->Get(&ctx, req);
-    std::vector<BlockResult> out(chain.size());
-    size_t next = 0;          // index of the block expected next
-    bool in_block = false;    // a header arrived, chunks pending
-    uint64_t expected = 0;
-    v1::GetResponse msg;
-    absl::Status protocol;
-    while (reader->Read(&msg)) {
-      if (msg.index() != next || next >= chain.size()) {
-        protocol = absl::DataLossError(absl::StrCat("server ", endpoint_, " sent block ",
-                                                    msg.index(), ", expected ", next));
-        break;
-      }
-      BlockResult& r = out[next];
-      switch (msg.part_case()) {
-        case v1::GetResponse::kMiss:
-          if (in_block) {
-            protocol = absl::DataLossError("miss marker inside a block");
-            break;
-          }
-          r.hit = false;
-          r.status = msg.miss().code() == 0
-                         ? absl::OkStatus()
-                         : absl::Status(static_cast<absl::StatusCode>(msg.miss().code()),
-                                        msg.miss().message());
-          ++next;
-          break;
-        case v1::GetResponse::kHeader:
-          if (in_block) {
-            protocol = absl::DataLossError("header inside a block");
-            break;
-          }
-          expected = msg.header().payload_bytes();
-          if (expected < kernels::kPayloadHeaderBytes || expected > kernels::kMaxPayloadBytes) {
-            protocol = absl::DataLossError(absl::StrCat("bad payload_bytes ", expected));
-            break;
-          }
-          r.tier = msg.header().tier() == v1::TIER_MEMORY ? Tier::kMemory
-                   : msg.header().tier() == v1::TIER_DISK ? Tier::kDisk
-                                                          : Tier::kUnknown;
-          r.payload.clear();
-          r.payload.reserve(expected);
-          in_block = true;
-          break;
-        case v1::GetResponse::kChunk: {
-          const std::string& c = msg.chunk();
-          if (!in_block || r.payload.size() + c.size() > expected) {
-            protocol = absl::DataLossError("unexpected payload chunk");
-            break;
-          }
-          r.payload.insert(r.payload.end(), c.begin(), c.end());
-          if (r.payload.size() == expected) {
-            r.hit = true;
-            in_block = false;
-            ++next;
-          }
-          break;
-        }
-        default:
-          protocol = absl::DataLossError("empty GetResponse");
-      }
-      if (!protocol.ok()) break;
-    }
-    if (!protocol.ok()) {
-      ctx.TryCancel();
-      (void)reader->Finish();
-      return protocol;
-    }
-    grpc::Status s = reader->Finish();
+    GetCall call(&ctx, &request, chain.size(), endpoint_);
+    generic_.PrepareBidiStreamingCall(&ctx, "/kvtier.v1.KvTier/Get", grpc::StubOptions(),
+                                      &call);
+    call.Begin();
+    grpc::Status s = call.Wait();
+    if (!call.protocol_error().ok()) return call.protocol_error();
     if (!s.ok()) return FromGrpc(s);
-    if (next != chain.size()) {
-      return absl::DataLossError(absl::StrCat("server ", endpoint_, " ended Get after ", next,
-                                              " of ", chain.size(), " blocks"));
+    if (call.next() != chain.size()) {
+      return absl::DataLossError(absl::StrCat("server ", endpoint_, " ended Get after ",
+                                              call.next(), " of ", chain.size(), " blocks"));
     }
-    return out;
+    return call.TakeResults();
   }
 
   absl::StatusOr<uint32_t> Delete(absl::string_view ns, uint32_t part,
@@ -261,40 +418,71 @@ class GrpcTransport final : public Transport {
   }
 
  private:
+  // One Put stream. Payload chunks are sent from the caller's buffers without a copy: each
+  // chunk message is a 2-5 byte field prefix plus a slice borrowing the payload, and the
+  // call returns only after gRPC has released every borrowed slice.
   absl::Status PutStream(absl::string_view ns, uint32_t part, absl::Span<const PutItem> blocks,
                          absl::Time deadline, std::vector<PutOutcome>* out) {
-    grpc::ClientContext ctx;
-    PrepareContext(&ctx, o_, deadline);
-    v1::PutResponse resp;
-    std::unique_ptr<grpc::ClientWriter<v1::PutRequest>> writer = stub_->Put(&ctx, &resp);
-    v1::PutRequest msg;
-    bool broken = false;
+    Borrowed borrowed;
+    std::vector<grpc::ByteBuffer> msgs;
+    v1::PutRequest header;
     for (const PutItem& b : blocks) {
-      msg.Clear();
-      auto* h = msg.mutable_header();
+      header.Clear();
+      auto* h = header.mutable_header();
       h->mutable_key()->set_namespace_(std::string(ns));
       h->mutable_key()->set_chain_hash(b.hash.data(), b.hash.size());
       h->mutable_key()->set_part(part);
       h->set_payload_bytes(b.payload.size());
-      if (!writer->Write(msg)) {
-        broken = true;
-        break;
-      }
+      grpc::Slice hs(header.SerializeAsString());
+      msgs.emplace_back(&hs, 1);
       for (size_t off = 0; off < b.payload.size(); off += kChunkBytes) {
         const size_t n = std::min(kChunkBytes, b.payload.size() - off);
-        msg.Clear();
-        msg.set_chunk(b.payload.data() + off, n);
-        if (!writer->Write(msg)) {
-          broken = true;
-          break;
+        std::string prefix;
+        prefix.push_back(0x12);  // PutRequest.chunk: field 2, length-delimited
+        AppendVarint(n, &prefix);
+        {
+          absl::MutexLock l(&borrowed.mu);
+          ++borrowed.slices;
+        }
+        grpc::Slice parts[2] = {
+            grpc::Slice(std::move(prefix)),
+            grpc::Slice(const_cast<uint8_t*>(b.payload.data() + off), n, &ReleaseBorrowed,
+                        &borrowed)};
+        msgs.emplace_back(parts, 2);
+      }
+    }
+    grpc::Status s;
+    bool got_response = false;
+    std::string bytes;
+    {
+      grpc::ClientContext ctx;
+      PrepareContext(&ctx, o_, deadline);
+      PutCall call(std::move(msgs));
+      generic_.PrepareBidiStreamingCall(&ctx, "/kvtier.v1.KvTier/Put", grpc::StubOptions(),
+                                        &call);
+      call.Begin();
+      s = call.Wait();
+      got_response = call.got_response();
+      std::vector<grpc::Slice> slices;
+      if (got_response && call.response().Dump(&slices).ok()) {
+        for (const auto& sl : slices) {
+          bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
         }
       }
-      if (broken) break;
+      call.DropMessages();
+    }  // The call is destroyed with its context: gRPC drops the stream's buffered messages.
+    {
+      // The payloads are the caller's: wait until no slice references them any more.
+      absl::MutexLock l(&borrowed.mu);
+      borrowed.mu.Await(absl::Condition(
+          +[](Borrowed* b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b->mu) { return b->slices == 0; },
+          &borrowed));
     }
-    if (!broken) writer->WritesDone();
-    grpc::Status s = writer->Finish();
     if (!s.ok()) return FromGrpc(s);
-    if (broken) return absl::UnavailableError("Put stream broke without a status");
+    v1::PutResponse resp;
+    if (!got_response || !resp.ParseFromString(bytes)) {
+      return absl::InternalError(absl::StrCat("server ", endpoint_, " sent no valid PutResponse"));
+    }
     if (static_cast<size_t>(resp.outcomes_size()) != blocks.size()) {
       return absl::InternalError(absl::StrCat("server ", endpoint_, " returned ",
                                               resp.outcomes_size(), " outcomes for ",
@@ -311,6 +499,7 @@ class GrpcTransport final : public Transport {
   const TransportOptions o_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::KvTier::Stub> stub_;
+  grpc::GenericStub generic_;
 };
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include "absl/time/clock.h"
 #include "common/status_macros.h"
 #include "kvtier/v1/kvtier.grpc.pb.h"
+#include "proto/kvtier/v1/wire.h"
 #include "service/auth.h"
 #include "service/metrics.h"
 #ifdef KVTIER_HAVE_UCX_DATA_PLANE
@@ -235,27 +236,9 @@ std::string Flatten(const std::vector<grpc::Slice>& slices) {
   return out;
 }
 
-// Reads a protobuf varint from bytes[pos..end); false when malformed or truncated.
-bool ReadVarint(const uint8_t* bytes, size_t end, size_t* pos, uint64_t* value) {
-  uint64_t v = 0;
-  for (int shift = 0; shift < 64 && *pos < end; shift += 7) {
-    const uint8_t b = bytes[(*pos)++];
-    v |= static_cast<uint64_t>(b & 0x7F) << shift;
-    if (!(b & 0x80)) {
-      *value = v;
-      return true;
-    }
-  }
-  return false;
-}
+using v1::wire::ReadVarint;
 
-void AppendVarint(uint64_t v, std::string* out) {
-  while (v >= 0x80) {
-    out->push_back(static_cast<char>((v & 0x7F) | 0x80));
-    v >>= 7;
-  }
-  out->push_back(static_cast<char>(v));
-}
+using v1::wire::AppendVarint;
 
 grpc::ByteBuffer ToByteBuffer(const google::protobuf::MessageLite& m) {
   std::string bytes = m.SerializeAsString();

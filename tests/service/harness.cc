@@ -5,6 +5,7 @@
 #include <httplib.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -93,9 +94,13 @@ absl::Status ServerProcess::Spawn() {
       "--drain_timeout=5s",
   };
   args.insert(args.end(), options_.extra_flags.begin(), options_.extra_flags.end());
+  const pid_t parent = ::getpid();
   const pid_t pid = fork();
   if (pid < 0) return absl::InternalError("fork failed");
   if (pid == 0) {
+    // The server must not outlive this process, even when it crashes.
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (::getppid() != parent) ::_exit(127);
     const int log = open(log_path_.c_str(), O_WRONLY | O_APPEND | O_CREAT, 0644);
     if (log >= 0) {
       dup2(log, 1);

@@ -410,22 +410,29 @@ int main(int argc, char** argv) {
     for (const std::string& t : transports) {
       const bool is_redis = t == "redis";
       const TransportKind kind = t == "ucx" ? TransportKind::kUcx : TransportKind::kGrpc;
-      if (is_redis) {
-        RedisFlush(redis_port);
-        redisContext* c = RedisConnect(redis_port);
-        for (const auto& k : set) {
-          auto* r = static_cast<redisReply*>(redisCommand(c, "SET %b %b", k.data(), k.size(),
-                                                          payload.data(), payload.size()));
-          if (r) freeReplyObject(r);
+      // (Re)loads the get set: the put phase before may have evicted it (both kvtier and
+      // Redis run with a 3 GiB memory limit and LRU-style eviction).
+      auto preload = [&] {
+        if (is_redis) {
+          redisContext* c = RedisConnect(redis_port);
+          for (const auto& k : set) {
+            auto* r = static_cast<redisReply*>(redisCommand(
+                c, "SET %b %b", k.data(), k.size(), payload.data(), payload.size()));
+            if (r) freeReplyObject(r);
+          }
+          redisFree(c);
+        } else {
+          // Delete first: a re-Put of a present block is a deduplicated no-op that does not
+          // refresh its place in the eviction order, so it could be evicted during the phase.
+          auto c = Connect(server.endpoint(), kind);
+          (void)c->Delete(kNs, 0, set);
+          for (const auto& k : set) {
+            PutItem item{k, payload};
+            (void)c->Put(kNs, 0, absl::MakeConstSpan(&item, 1));
+          }
         }
-        redisFree(c);
-      } else {
-        auto c = Connect(server.endpoint(), kind);
-        for (const auto& k : set) {
-          PutItem item{k, payload};
-          (void)c->Put(kNs, 0, absl::MakeConstSpan(&item, 1));
-        }
-      }
+      };
+      if (is_redis) RedisFlush(redis_port);
       for (int clients : client_counts) {
         ++epoch;
         PhaseResult put = RunPhase(clients, dur, [&](int id) -> std::unique_ptr<Worker> {
@@ -433,6 +440,7 @@ int main(int argc, char** argv) {
           return std::make_unique<KvPut>(Connect(server.endpoint(), kind), &payload, id, epoch);
         });
         row(t, SizeName(payload.size()), clients, "put", put);
+        preload();
         PhaseResult get = RunPhase(clients, dur, [&](int id) -> std::unique_ptr<Worker> {
           if (is_redis) return std::make_unique<RedisGet>(redis_port, &set, id);
           return std::make_unique<KvGet>(Connect(server.endpoint(), kind), &set, id);

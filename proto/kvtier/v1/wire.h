@@ -1,0 +1,44 @@
+// Protobuf varint encoding, for the raw (zero-copy) Put and Get paths of the gRPC service
+// and client, which frame chunk fields by hand around payload slices they do not copy.
+//
+//   std::string tag;
+//   kvtier::v1::wire::AppendVarint((2 << 3) | 2, &tag);   // field 2, length-delimited
+//   kvtier::v1::wire::AppendVarint(chunk_size, &tag);
+//
+// Thread safety: pure functions.
+#ifndef KVTIER_PROTO_KVTIER_V1_WIRE_H_
+#define KVTIER_PROTO_KVTIER_V1_WIRE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace kvtier::v1::wire {
+
+// Appends v as a base-128 varint.
+inline void AppendVarint(uint64_t v, std::string* out) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>((v & 0x7F) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+// Reads a varint from bytes[*pos, end) and advances *pos; false when malformed or
+// truncated (never reads at or past end).
+inline bool ReadVarint(const uint8_t* bytes, size_t end, size_t* pos, uint64_t* value) {
+  uint64_t v = 0;
+  for (int shift = 0; shift < 64 && *pos < end; shift += 7) {
+    const uint8_t b = bytes[(*pos)++];
+    v |= static_cast<uint64_t>(b & 0x7F) << shift;
+    if (!(b & 0x80)) {
+      *value = v;
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace kvtier::v1::wire
+
+#endif  // KVTIER_PROTO_KVTIER_V1_WIRE_H_

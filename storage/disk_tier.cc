@@ -268,9 +268,8 @@ void DiskTier::DeleteEvicted(const std::string& key) {
   DeleteFromDb(key, false).IgnoreError();
 }
 
-void DiskTier::DropCorrupt(const std::string& key, uint64_t id) {
+void DiskTier::DropCorruptLocked(const std::string& key, uint64_t id) {
   corrupt_dropped_.fetch_add(1, std::memory_order_relaxed);
-  MutexLock stripe(&StripeFor(key));
   {
     MutexLock lock(&index_mu_);
     auto it = index_.find(key);
@@ -348,12 +347,26 @@ void DiskTier::CollectGarbage() {
 }
 
 absl::StatusOr<Payload> DiskTier::Get(const std::string& key, uint64_t tick) {
+  // Reads run without the key's stripe lock, so a Delete and a Put of another payload
+  // under the same key can land between the index lookup and the value read. A value that
+  // fails validation is therefore read again under the stripe lock, which Put and Delete
+  // hold: only that read can declare the block corrupt.
+  ReadResult r = ReadOnce(key, tick);
+  if (r.kind != ReadResult::kInvalid) return std::move(r.result);
+  MutexLock stripe(&StripeFor(key));
+  r = ReadOnce(key, /*tick=*/0);
+  if (r.kind != ReadResult::kInvalid) return std::move(r.result);
+  DropCorruptLocked(key, r.id);
+  return std::move(r.result);
+}
+
+DiskTier::ReadResult DiskTier::ReadOnce(const std::string& key, uint64_t tick) {
   uint64_t id = 0;
   uint64_t checksum = 0;
   {
     MutexLock lock(&index_mu_);
     auto it = index_.find(key);
-    if (it == index_.end()) return Payload();
+    if (it == index_.end()) return {ReadResult::kDone, 0, Payload()};
     Entry& e = it->second;
     id = e.pos.id;
     checksum = e.checksum;
@@ -376,23 +389,25 @@ absl::StatusOr<Payload> DiskTier::Get(const std::string& key, uint64_t tick) {
     MutexLock lock(&index_mu_);
     auto it = index_.find(key);
     if (it != index_.end() && it->second.pos.id == id) RemoveLocked(it);
-    return Payload();
+    return {ReadResult::kDone, id, Payload()};
   }
   if (s.IsCorruption()) {
-    DropCorrupt(key, id);
-    return absl::DataLossError(absl::StrCat("disk block corrupt (dropped): ", s.ToString()));
+    return {ReadResult::kInvalid, id,
+            absl::DataLossError(absl::StrCat("disk block corrupt (dropped): ", s.ToString()))};
   }
-  if (!s.ok()) return FromRocks(s, "get");
+  if (!s.ok()) return {ReadResult::kDone, id, FromRocks(s, "get")};
   const absl::Span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(value.data()),
                                         value.size());
   absl::StatusOr<kernels::PayloadView> view = kernels::ValidatePayload(bytes);
   if (!view.ok() || kernels::Xxh3(bytes.first(kernels::kPayloadHeaderBytes)) != checksum) {
-    DropCorrupt(key, id);
-    return absl::DataLossError(absl::StrCat(
-        "disk block failed validation (dropped): ",
-        view.ok() ? "checksum differs from its metadata" : std::string(view.status().message())));
+    return {ReadResult::kInvalid, id,
+            absl::DataLossError(absl::StrCat(
+                "disk block failed validation (dropped): ",
+                view.ok() ? "checksum differs from its metadata"
+                          : std::string(view.status().message())))};
   }
-  return std::make_shared<const std::vector<uint8_t>>(bytes.begin(), bytes.end());
+  return {ReadResult::kDone, id,
+          std::make_shared<const std::vector<uint8_t>>(bytes.begin(), bytes.end())};
 }
 
 bool DiskTier::Touch(const std::string& key, AccessStamp stamp) {

@@ -146,8 +146,17 @@ class DiskTier {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(index_mu_);
   // Deletes an evicted key's value and meta unless it was stored again meanwhile.
   void DeleteEvicted(const std::string& key);
-  // Drops a corrupt value if the index still holds the same version (pos.id == id).
-  void DropCorrupt(const std::string& key, uint64_t id);
+  // Counts a corrupt value and drops it if the index still holds the same version
+  // (pos.id == id). The caller holds the key's stripe lock.
+  void DropCorruptLocked(const std::string& key, uint64_t id);
+  // One index lookup + value read + validation, without the stripe lock. kInvalid: the
+  // value failed validation (result holds the kDataLoss to return if it is confirmed).
+  struct ReadResult {
+    enum Kind { kDone, kInvalid } kind;
+    uint64_t id;
+    absl::StatusOr<Payload> result;
+  };
+  ReadResult ReadOnce(const std::string& key, uint64_t tick);
   absl::Status DeleteFromDb(const std::string& key, bool sync);
   // Counts deleted value bytes; starts a GC pass in the background past the threshold.
   void AddGarbage(uint64_t bytes);

@@ -68,14 +68,21 @@ ServerProcess::~ServerProcess() {
 
 absl::Status ServerProcess::Start(const Options& options) {
   options_ = options;
-  grpc_port_ = FreePort();
-  http_port_ = FreePort();
-  ucx_port_ = options.enable_ucx ? FreePort() : 0;
   char tmpl[] = "/tmp/kvtier_server_log_XXXXXX";
   const int fd = mkstemp(tmpl);
   if (fd >= 0) close(fd);
   log_path_ = tmpl;
-  return Spawn();
+  // A free port found here can be taken by another test process before the server binds
+  // it; a server that exits at start is retried on fresh ports.
+  absl::Status st;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    grpc_port_ = FreePort();
+    http_port_ = FreePort();
+    ucx_port_ = options.enable_ucx ? FreePort() : 0;
+    st = Spawn();
+    if (st.code() != absl::StatusCode::kUnavailable) return st;
+  }
+  return st;
 }
 
 absl::Status ServerProcess::Restart() {

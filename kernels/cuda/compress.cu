@@ -1,9 +1,11 @@
 // Compress kernel: paged FP16/BF16 K/V -> KVarN tile records (DESIGN §3.1-3.2).
 //
 // One CTA per (layer, block, kv head, role), role 0 = K tile, role 1 = V tile, with
-// max(D, G) threads. The rotated fp32 tile sits in shared memory, token-major with an odd
-// pitch (D + 1 floats), so one thread walking a row and one walking a column are both
-// bank-conflict-free. Thread i owns column i and row i of the quantized matrix and does
+// max(D, G) threads. The rotated fp32 tile X is rotated in shared memory, then kept in
+// registers (G * D / max(D, G) values per thread); the shared tile, token-major with an
+// odd pitch (D + 1 floats) so that one thread walking a row and one walking a column are
+// both bank-conflict-free, holds the current Y = (X / e^lc) / e^lr, rewritten once per
+// scale update, and the statistic sweeps read it without dividing. Thread i owns column i and row i of the quantized matrix and does
 // their sums sequentially, so the statistics are the CPU reference's bit for bit
 // (kernels/cpu/codec_internal.h "Arithmetic contract"; this file is built with
 // -fmad=false and uses __f*_rn intrinsics where it matters). The records match the CPU's
@@ -131,23 +133,33 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
   if (tid < R) er[tid] = 1.f;
   __syncthreads();
 
-  // X[r][c] of the quantized matrix.
-  auto X = [&](int r, int c) -> float {
+  // X stays in registers for the whole normalization; the shared tile holds the current
+  // Y = (X / ec[c]) / er[r] (the CPU's Scale), written once per scale update, so the
+  // sequential statistic sweeps read Y without dividing. Thread tid owns the flat
+  // token-major elements f = i * NT + tid (t = f / D, channel = f % D); any mapping gives
+  // the same Y bits, as each element is computed on its own.
+  // NT is a multiple of D, so element i sits at token i * kTs + tq, channel ch: the
+  // addresses are one per-thread base plus constants (nothing to keep live per element).
+  constexpr int E = G * D / NT, kTs = NT / D;
+  const int tq = tid / D, ch = tid % D, xbase = tq * P + ch;
+  float x[E];
+#pragma unroll
+  for (int i = 0; i < E; ++i) x[i] = tile[xbase + i * kTs * P];
+  // Y(r, c) of the quantized matrix, as stored in the tile.
+  auto Y = [&](int r, int c) -> float {
     return ROLE == 0 ? tile[c * P + r] : tile[r * P + c];
   };
-  // Y = (X / ec[c]) / er[r], as the CPU's Scale.
   // Column std of Y (thread tid < C), sequential over rows.
   auto col_std = [&]() -> float {
     const int c = tid;
-    const float e = ec[c];
     float sum = 0.f;
 #pragma unroll 8
-    for (int r = 0; r < R; ++r) sum = __fadd_rn(sum, __fdiv_rn(__fdiv_rn(X(r, c), e), er[r]));
+    for (int r = 0; r < R; ++r) sum = __fadd_rn(sum, Y(r, c));
     const float mean = __fdiv_rn(sum, static_cast<float>(R));
     float ss = 0.f;
 #pragma unroll 8
     for (int r = 0; r < R; ++r) {
-      const float d = __fsub_rn(__fdiv_rn(__fdiv_rn(X(r, c), e), er[r]), mean);
+      const float d = __fsub_rn(Y(r, c), mean);
       ss = __fadd_rn(ss, __fmul_rn(d, d));
     }
     return __fsqrt_rn(__fdiv_rn(ss, static_cast<float>(R - 1)));
@@ -155,15 +167,14 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
   // Row std of Y (thread tid < R), sequential over columns.
   auto row_std = [&]() -> float {
     const int r = tid;
-    const float e = er[r];
     float sum = 0.f;
 #pragma unroll 8
-    for (int c = 0; c < C; ++c) sum = __fadd_rn(sum, __fdiv_rn(__fdiv_rn(X(r, c), ec[c]), e));
+    for (int c = 0; c < C; ++c) sum = __fadd_rn(sum, Y(r, c));
     const float mean = __fdiv_rn(sum, static_cast<float>(C));
     float ss = 0.f;
 #pragma unroll 8
     for (int c = 0; c < C; ++c) {
-      const float d = __fsub_rn(__fdiv_rn(__fdiv_rn(X(r, c), ec[c]), e), mean);
+      const float d = __fsub_rn(Y(r, c), mean);
       ss = __fadd_rn(ss, __fmul_rn(d, d));
     }
     return __fsqrt_rn(__fdiv_rn(ss, static_cast<float>(C - 1)));
@@ -199,35 +210,58 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
   };
 
   // ---- 3. Log-domain normalization (NormalizeLog) ----
+  // Y = X / 1 / 1 == X: the tile already holds it.
   float cs = tid < C ? col_std() : 0.f;
   float rs = tid < R ? row_std() : 0.f;
   float best = imbalance(cs, rs, 0);
   float lc = 0.f, lr = 0.f, best_lc = 0.f, best_lr = 0.f;
-  for (int it = 1; it <= a.iterations; ++it) {
-    if (tid < C) {
-      lc = Clamp(__fadd_rn(lc, LogD(Clamp(cs, kStdLo, kStdHi))), kLogLo, kLogHi);
-      ec[tid] = ExpD(lc);
-    }
-    __syncthreads();
-    if (tid < R) {  // reads er[tid] only: the update below races with nobody
-      rs = row_std();
+  // Step 2k-1: column update, Y, row stds. Step 2k: row update, Y, column and row stds,
+  // imbalance. Step 2n+1: the best scales and their Y for the quantization. One rescale
+  // site keeps the unrolled register loop in the code once.
+  const int last = 2 * a.iterations + 1;
+  for (int step = 1; step <= last; ++step) {
+    if (step == last) {
+      if (tid < C) ec[tid] = ExpD(best_lc);  // s_col
+      if (tid < R) er[tid] = ExpD(best_lr);  // s_row
+    } else if (step & 1) {
+      if (tid < C) {
+        lc = Clamp(__fadd_rn(lc, LogD(Clamp(cs, kStdLo, kStdHi))), kLogLo, kLogHi);
+        ec[tid] = ExpD(lc);
+      }
+    } else if (tid < R) {
       lr = Clamp(__fadd_rn(lr, LogD(Clamp(rs, kStdLo, kStdHi))), kLogLo, kLogHi);
       er[tid] = ExpD(lr);
     }
+    __syncthreads();  // new scales visible; the previous step's sweeps are done
+    if (ROLE == 0) {  // r = channel, c = token
+      const float e_r = er[ch];
+#pragma unroll
+      for (int i = 0; i < E; ++i) {
+        tile[xbase + i * kTs * P] = __fdiv_rn(__fdiv_rn(x[i], ec[tq + i * kTs]), e_r);
+      }
+    } else {  // r = token, c = channel
+      const float e_c = ec[ch];
+#pragma unroll
+      for (int i = 0; i < E; ++i) {
+        tile[xbase + i * kTs * P] = __fdiv_rn(__fdiv_rn(x[i], e_c), er[tq + i * kTs]);
+      }
+    }
     __syncthreads();
-    cs = tid < C ? col_std() : 0.f;
-    rs = tid < R ? row_std() : 0.f;
-    const float imb = imbalance(cs, rs, it & 1);
-    if (imb <= best) {  // later ties win, as the CPU
-      best = imb;
-      best_lc = lc;
-      best_lr = lr;
+    if (step == last) break;
+    if (step & 1) {
+      if (tid < R) rs = row_std();
+    } else {
+      cs = tid < C ? col_std() : 0.f;
+      rs = tid < R ? row_std() : 0.f;
+      const float imb = imbalance(cs, rs, (step / 2) & 1);
+      if (imb <= best) {  // later ties win, as the CPU
+        best = imb;
+        best_lc = lc;
+        best_lr = lr;
+      }
     }
   }
-  // ---- 4. Final scales, balanced values, per-row RTN, fields and packed codes ----
-  if (tid < C) ec[tid] = ExpD(best_lc);  // s_col
-  if (tid < R) er[tid] = ExpD(best_lr);  // s_row
-  __syncthreads();
+  // ---- 4. Final scales, balanced values (in the tile), per-row RTN, fields, codes ----
   const TileLayout& L = a.layout;
   uint8_t* out = a.dst + layer * a.d_layer + entry * a.d_block +
                  static_cast<int64_t>(h) * static_cast<int64_t>(L.record_bytes);
@@ -240,7 +274,7 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
   if (tid < R) {
     const int r = tid;
     const float srow = er[r];
-    auto B = [&](int c) { return __fdiv_rn(__fdiv_rn(X(r, c), ec[c]), srow); };
+    auto B = [&](int c) { return Y(r, c); };
     float mn = B(0), mx = mn;
     for (int c = 1; c < C; ++c) {
       const float b = B(c);

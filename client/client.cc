@@ -46,9 +46,8 @@ class ThreadPool {
       {
         absl::MutexLock l(&mu_);
         mu_.Await(absl::Condition(
-            +[](ThreadPool* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p->mu_) {
-              return p->stop_ || !p->queue_.empty();
-            },
+            +[](ThreadPool* p)
+                 ABSL_EXCLUSIVE_LOCKS_REQUIRED(p->mu_) { return p->stop_ || !p->queue_.empty(); },
             this));
         if (queue_.empty()) return;  // stop_ and drained
         fn = std::move(queue_.front());
@@ -88,8 +87,7 @@ absl::StatusOr<std::vector<std::string>> ResolveAll(const std::string& name_port
   addrinfo* res = nullptr;
   const int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
   if (rc != 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot resolve ", host, ": ", gai_strerror(rc)));
+    return absl::UnavailableError(absl::StrCat("cannot resolve ", host, ": ", gai_strerror(rc)));
   }
   std::set<std::string> out;
   for (addrinfo* a = res; a != nullptr; a = a->ai_next) {
@@ -143,9 +141,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
   }
   std::vector<std::unique_ptr<Transport>> transports;
   for (const std::string& e : endpoints) {
-    absl::StatusOr<std::unique_ptr<Transport>> tr = options.transport == TransportKind::kUcx
-                                                        ? MakeUcxTransport(e, t)
-                                                        : MakeGrpcTransport(e, t);
+    absl::StatusOr<std::unique_ptr<Transport>> tr =
+        options.transport == TransportKind::kUcx ? MakeUcxTransport(e, t) : MakeGrpcTransport(e, t);
     if (!tr.ok()) return tr.status();
     transports.push_back(*std::move(tr));
   }
@@ -229,8 +226,7 @@ void Client::ForEachShard(const std::vector<std::vector<size_t>>& groups,
 }
 
 template <typename T>
-absl::StatusOr<T> Client::Retry(absl::Time deadline,
-                                const std::function<absl::StatusOr<T>()>& fn) {
+absl::StatusOr<T> Client::Retry(absl::Time deadline, const std::function<absl::StatusOr<T>()>& fn) {
   thread_local std::mt19937_64 rng(std::random_device{}());
   absl::Duration backoff = options_.initial_backoff;
   for (int attempt = 1;; ++attempt) {
@@ -258,9 +254,8 @@ absl::StatusOr<size_t> Client::Lookup(absl::string_view ns, uint32_t part,
     std::vector<ChainHash> sub;
     sub.reserve(groups[s].size());
     for (size_t i : groups[s]) sub.push_back(chain[i]);
-    absl::StatusOr<uint32_t> n = Retry<uint32_t>(deadline, [&]() {
-      return transports_[s]->Lookup(ns, part, sub, block_tokens, deadline);
-    });
+    absl::StatusOr<uint32_t> n = Retry<uint32_t>(
+        deadline, [&]() { return transports_[s]->Lookup(ns, part, sub, block_tokens, deadline); });
     if (!n.ok()) {
       if (IsAvailabilityError(n.status().code())) {
         first_miss[s] = groups[s][0];  // unreachable shard: a miss at its first block
@@ -294,8 +289,8 @@ absl::StatusOr<std::vector<PutOutcome>> Client::Put(absl::string_view ns, uint32
     absl::StatusOr<std::vector<PutOutcome>> r = Retry<std::vector<PutOutcome>>(
         deadline, [&]() { return transports_[s]->Put(ns, part, sub, deadline); });
     if (!r.ok()) {
-      errors[s] = absl::Status(r.status().code(), absl::StrCat(transports_[s]->endpoint(), ": ",
-                                                               r.status().message()));
+      errors[s] = absl::Status(
+          r.status().code(), absl::StrCat(transports_[s]->endpoint(), ": ", r.status().message()));
       return;
     }
     for (size_t k = 0; k < groups[s].size(); ++k) out[groups[s][k]] = (*r)[k];
@@ -322,8 +317,8 @@ std::vector<BlockResult> Client::Get(absl::string_view ns, uint32_t part,
       BlockResult& dst = out[groups[s][k]];
       if (!r.ok()) {
         dst.hit = false;
-        dst.status = absl::Status(r.status().code(), absl::StrCat(transports_[s]->endpoint(),
-                                                                  ": ", r.status().message()));
+        dst.status = absl::Status(r.status().code(), absl::StrCat(transports_[s]->endpoint(), ": ",
+                                                                  r.status().message()));
         continue;
       }
       dst = std::move((*r)[k]);
@@ -354,8 +349,8 @@ absl::StatusOr<size_t> Client::Delete(absl::string_view ns, uint32_t part,
   ForEachShard(groups, [&](size_t s) {
     std::vector<ChainHash> sub;
     for (size_t i : groups[s]) sub.push_back(chain[i]);
-    results[s] = Retry<uint32_t>(
-        deadline, [&]() { return transports_[s]->Delete(ns, part, sub, deadline); });
+    results[s] = Retry<uint32_t>(deadline,
+                                 [&]() { return transports_[s]->Delete(ns, part, sub, deadline); });
   });
   size_t total = 0;
   for (const auto& r : results) {

@@ -58,8 +58,8 @@ class MemoryTransport : public Transport {
     std::lock_guard<std::mutex> l(mu_);
     std::vector<PutOutcome> out;
     for (const auto& b : blocks) {
-      auto [it, inserted] = blocks_.emplace(Key(ns, b.hash, part),
-                                            std::vector<uint8_t>(b.payload.begin(), b.payload.end()));
+      auto [it, inserted] = blocks_.emplace(
+          Key(ns, b.hash, part), std::vector<uint8_t>(b.payload.begin(), b.payload.end()));
       out.push_back(inserted ? PutOutcome::kStored : PutOutcome::kDeduplicated);
     }
     return out;
@@ -94,10 +94,10 @@ class MemoryTransport : public Transport {
     std::lock_guard<std::mutex> l(mu_);
     return blocks_.size();
   }
-  std::atomic<int> fail_next{0};          // this many calls return UNAVAILABLE
-  std::atomic<bool> down{false};          // every call returns UNAVAILABLE
-  std::atomic<bool> corrupt_{false};      // Get flips a byte of every payload
-  std::atomic<bool> deny{false};          // every call returns PERMISSION_DENIED
+  std::atomic<int> fail_next{0};      // this many calls return UNAVAILABLE
+  std::atomic<bool> down{false};      // every call returns UNAVAILABLE
+  std::atomic<bool> corrupt_{false};  // Get flips a byte of every payload
+  std::atomic<bool> deny{false};      // every call returns PERMISSION_DENIED
   std::atomic<int> calls{0};
 
  private:
@@ -159,7 +159,8 @@ TEST_F(ClientTest, PutPlacesEachBlockOnItsRendezvousShardOnly) {
   }
   EXPECT_EQ(total, 32u);
   for (int i = 0; i < 32; ++i) {
-    auto got = shards_[client_->ShardOf(ns_, chain_[i], 0)]->Get(ns_, 0, {&chain_[i], 1}, absl::Now());
+    auto got =
+        shards_[client_->ShardOf(ns_, chain_[i], 0)]->Get(ns_, 0, {&chain_[i], 1}, absl::Now());
     EXPECT_TRUE((*got)[0].hit);
   }
 }
@@ -248,7 +249,8 @@ TEST(ClientCreateTest, DnsNameResolvesToEveryAddressAndBadInputIsRejected) {
   auto c = Client::Create(o);
   ASSERT_TRUE(c.ok()) << c.status();
   bool has_v4 = false;
-  for (size_t i = 0; i < (*c)->num_endpoints(); ++i) has_v4 |= (*c)->endpoint(i) == "127.0.0.1:50051";
+  for (size_t i = 0; i < (*c)->num_endpoints(); ++i)
+    has_v4 |= (*c)->endpoint(i) == "127.0.0.1:50051";
   EXPECT_TRUE(has_v4);
   ClientOptions none;
   EXPECT_EQ(Client::Create(none).status().code(), absl::StatusCode::kInvalidArgument);

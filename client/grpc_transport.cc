@@ -22,8 +22,7 @@ absl::Status FromGrpc(const grpc::Status& s) {
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
 }
 
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& endpoint,
-                                           const TransportOptions& o) {
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& endpoint, const TransportOptions& o) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(o.max_receive_message_bytes);
   args.SetMaxSendMessageSize(o.max_receive_message_bytes);
@@ -60,7 +59,8 @@ void PrepareContext(grpc::ClientContext* ctx, const TransportOptions& o, absl::T
   if (!o.token.empty()) ctx->AddMetadata("authorization", absl::StrCat("Bearer ", o.token));
 }
 
-absl::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const TransportOptions& o, absl::Time deadline) {
+absl::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const TransportOptions& o,
+                         absl::Time deadline) {
   grpc::GenericStub stub(channel);
   grpc::ClientContext ctx;
   PrepareContext(&ctx, o, deadline);
@@ -236,18 +236,18 @@ class GetCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
     v1::GetResponse m;
     if (!m.ParseFromString(flat)) return absl::DataLossError("malformed GetResponse");
     if (m.index() != next_ || next_ >= results_.size()) {
-      return absl::DataLossError(absl::StrCat("server ", endpoint_, " sent block ", m.index(),
-                                              ", expected ", next_));
+      return absl::DataLossError(
+          absl::StrCat("server ", endpoint_, " sent block ", m.index(), ", expected ", next_));
     }
     BlockResult& r = results_[next_];
     switch (m.part_case()) {
       case v1::GetResponse::kMiss:
         if (in_block_) return absl::DataLossError("miss marker inside a block");
         r.hit = false;
-        r.status = m.miss().code() == 0
-                       ? absl::OkStatus()
-                       : absl::Status(static_cast<absl::StatusCode>(m.miss().code()),
-                                      m.miss().message());
+        r.status =
+            m.miss().code() == 0
+                ? absl::OkStatus()
+                : absl::Status(static_cast<absl::StatusCode>(m.miss().code()), m.miss().message());
         ++next_;
         return absl::OkStatus();
       case v1::GetResponse::kHeader:
@@ -276,8 +276,8 @@ class GetCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
   absl::Status Chunk(uint64_t index, const std::vector<grpc::Slice>& slices, size_t offset,
                      size_t n) {
     if (index != next_ || next_ >= results_.size()) {
-      return absl::DataLossError(absl::StrCat("server ", endpoint_, " sent block ", index,
-                                              ", expected ", next_));
+      return absl::DataLossError(
+          absl::StrCat("server ", endpoint_, " sent block ", index, ", expected ", next_));
     }
     BlockResult& r = results_[next_];
     if (!in_block_ || r.payload.size() + n > expected_) {
@@ -376,8 +376,7 @@ class GrpcTransport final : public Transport {
     grpc::ClientContext ctx;
     PrepareContext(&ctx, o_, deadline);
     GetCall call(&ctx, &request, chain.size(), endpoint_);
-    generic_.PrepareBidiStreamingCall(&ctx, "/kvtier.v1.KvTier/Get", grpc::StubOptions(),
-                                      &call);
+    generic_.PrepareBidiStreamingCall(&ctx, "/kvtier.v1.KvTier/Get", grpc::StubOptions(), &call);
     call.Begin();
     grpc::Status s = call.Wait();
     if (!call.protocol_error().ok()) return call.protocol_error();
@@ -390,8 +389,7 @@ class GrpcTransport final : public Transport {
   }
 
   absl::StatusOr<uint32_t> Delete(absl::string_view ns, uint32_t part,
-                                  absl::Span<const ChainHash> chain,
-                                  absl::Time deadline) override {
+                                  absl::Span<const ChainHash> chain, absl::Time deadline) override {
     v1::DeleteRequest req;
     req.set_namespace_(std::string(ns));
     req.set_part(part);
@@ -444,10 +442,9 @@ class GrpcTransport final : public Transport {
           absl::MutexLock l(&borrowed.mu);
           ++borrowed.slices;
         }
-        grpc::Slice parts[2] = {
-            grpc::Slice(std::move(prefix)),
-            grpc::Slice(const_cast<uint8_t*>(b.payload.data() + off), n, &ReleaseBorrowed,
-                        &borrowed)};
+        grpc::Slice parts[2] = {grpc::Slice(std::move(prefix)),
+                                grpc::Slice(const_cast<uint8_t*>(b.payload.data() + off), n,
+                                            &ReleaseBorrowed, &borrowed)};
         msgs.emplace_back(parts, 2);
       }
     }
@@ -458,8 +455,7 @@ class GrpcTransport final : public Transport {
       grpc::ClientContext ctx;
       PrepareContext(&ctx, o_, deadline);
       PutCall call(std::move(msgs));
-      generic_.PrepareBidiStreamingCall(&ctx, "/kvtier.v1.KvTier/Put", grpc::StubOptions(),
-                                        &call);
+      generic_.PrepareBidiStreamingCall(&ctx, "/kvtier.v1.KvTier/Put", grpc::StubOptions(), &call);
       call.Begin();
       s = call.Wait();
       got_response = call.got_response();
@@ -485,8 +481,8 @@ class GrpcTransport final : public Transport {
     }
     if (static_cast<size_t>(resp.outcomes_size()) != blocks.size()) {
       return absl::InternalError(absl::StrCat("server ", endpoint_, " returned ",
-                                              resp.outcomes_size(), " outcomes for ",
-                                              blocks.size(), " blocks"));
+                                              resp.outcomes_size(), " outcomes for ", blocks.size(),
+                                              " blocks"));
     }
     for (int o : resp.outcomes()) {
       out->push_back(o == v1::PutResponse::DEDUPLICATED ? PutOutcome::kDeduplicated

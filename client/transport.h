@@ -7,7 +7,8 @@
 //   TransportOptions o;
 //   o.token = "secret";
 //   KVTIER_ASSIGN_OR_RETURN(auto t, MakeGrpcTransport("10.0.0.7:50051", o));
-//   KVTIER_ASSIGN_OR_RETURN(uint32_t n, t->Lookup(ns, 0, chain, 128, absl::Now() + absl::Seconds(1)));
+//   KVTIER_ASSIGN_OR_RETURN(uint32_t n, t->Lookup(ns, 0, chain, 128, absl::Now() +
+//   absl::Seconds(1)));
 //
 // Thread safety: implementations are safe for concurrent use without external locking.
 #ifndef KVTIER_CLIENT_TRANSPORT_H_
@@ -53,10 +54,10 @@ struct BlockResult {
 struct TransportOptions {
   // TLS for gRPC: on when `tls` is true. PEM strings (not paths). Default: plaintext.
   bool tls = false;
-  std::string tls_ca_pem;      // trusted roots; empty = system roots
-  std::string tls_cert_pem;    // client certificate for mutual TLS; empty = none
-  std::string tls_key_pem;     // its private key
-  std::string tls_server_name; // overrides the name checked against the server cert
+  std::string tls_ca_pem;       // trusted roots; empty = system roots
+  std::string tls_cert_pem;     // client certificate for mutual TLS; empty = none
+  std::string tls_key_pem;      // its private key
+  std::string tls_server_name;  // overrides the name checked against the server cert
   // Bearer token sent as `authorization: Bearer <token>`; empty = none. Default: empty.
   std::string token;
   // Largest gRPC message accepted. Default: 16 MiB (the server sends <= 4 MiB chunks).
@@ -74,8 +75,8 @@ class Transport {
 
   // Leading blocks of `chain` present on this server.
   virtual absl::StatusOr<uint32_t> Lookup(absl::string_view ns, uint32_t part,
-                                          absl::Span<const ChainHash> chain,
-                                          uint32_t block_tokens, absl::Time deadline) = 0;
+                                          absl::Span<const ChainHash> chain, uint32_t block_tokens,
+                                          absl::Time deadline) = 0;
   // Stores the blocks (split into streams of at most max_blocks_per_put, each all or
   // nothing). One outcome per block, in order.
   virtual absl::StatusOr<std::vector<PutOutcome>> Put(absl::string_view ns, uint32_t part,

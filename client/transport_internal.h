@@ -17,7 +17,8 @@ absl::Status FromGrpc(const grpc::Status& s);
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& endpoint, const TransportOptions& o);
 // Deadline and bearer token on a call.
 void PrepareContext(grpc::ClientContext* ctx, const TransportOptions& o, absl::Time deadline);
-absl::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const TransportOptions& o, absl::Time deadline);
+absl::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const TransportOptions& o,
+                         absl::Time deadline);
 
 }  // namespace kvtier::client::internal
 

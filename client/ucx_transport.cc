@@ -53,7 +53,8 @@ class UcxTransport final : public Transport {
                                               absl::Span<const PutItem> blocks,
                                               absl::Time deadline) override {
     return WithConnection<std::vector<PutOutcome>>(
-        deadline, [&](UcxConnection* c, absl::Duration left) -> absl::StatusOr<std::vector<PutOutcome>> {
+        deadline,
+        [&](UcxConnection* c, absl::Duration left) -> absl::StatusOr<std::vector<PutOutcome>> {
           // One request per block (the UCX protocol stores single blocks). Requests are
           // sent back to back; a failure stops the batch. Unlike a gRPC Put stream the
           // batch is not all or nothing: blocks before the failure may be stored (Put is
@@ -77,7 +78,8 @@ class UcxTransport final : public Transport {
                                                absl::Span<const ChainHash> chain,
                                                absl::Time deadline) override {
     return WithConnection<std::vector<BlockResult>>(
-        deadline, [&](UcxConnection* c, absl::Duration left) -> absl::StatusOr<std::vector<BlockResult>> {
+        deadline,
+        [&](UcxConnection* c, absl::Duration left) -> absl::StatusOr<std::vector<BlockResult>> {
           absl::StatusOr<std::vector<UcxGetBlock>> r = c->Get(ns, part, chain, left);
           if (!r.ok()) return r.status();
           std::vector<BlockResult> out(r->size());
@@ -95,8 +97,7 @@ class UcxTransport final : public Transport {
   }
 
   absl::StatusOr<uint32_t> Delete(absl::string_view ns, uint32_t part,
-                                  absl::Span<const ChainHash> chain,
-                                  absl::Time deadline) override {
+                                  absl::Span<const ChainHash> chain, absl::Time deadline) override {
     return WithConnection<uint32_t>(deadline, [&](UcxConnection* c, absl::Duration left) {
       return c->Delete(ns, part, chain, left);
     });

@@ -47,20 +47,28 @@ constexpr bool IsValidPreset(uint8_t raw) { return raw >= 1 && raw <= 4; }
 
 constexpr PresetInfo GetPresetInfo(Preset p) {
   switch (p) {
-    case Preset::kK4V2G128: return {4, 2, 128};
-    case Preset::kK4V4G128: return {4, 4, 128};
-    case Preset::kK4V2G64: return {4, 2, 64};
-    case Preset::kK4V4G64: return {4, 4, 64};
+    case Preset::kK4V2G128:
+      return {4, 2, 128};
+    case Preset::kK4V4G128:
+      return {4, 4, 128};
+    case Preset::kK4V2G64:
+      return {4, 2, 64};
+    case Preset::kK4V4G64:
+      return {4, 4, 64};
   }
   return {0, 0, 0};
 }
 
 constexpr std::string_view PresetName(Preset p) {
   switch (p) {
-    case Preset::kK4V2G128: return "k4v2_g128";
-    case Preset::kK4V4G128: return "k4v4_g128";
-    case Preset::kK4V2G64: return "k4v2_g64";
-    case Preset::kK4V4G64: return "k4v4_g64";
+    case Preset::kK4V2G128:
+      return "k4v2_g128";
+    case Preset::kK4V4G128:
+      return "k4v4_g128";
+    case Preset::kK4V2G64:
+      return "k4v2_g64";
+    case Preset::kK4V4G64:
+      return "k4v4_g64";
   }
   return "unknown";
 }

@@ -18,7 +18,8 @@ void Put(uint8_t* out, size_t off, T v) {
 template <typename T>
 T Get(const uint8_t* in, size_t off) {
   T v = 0;
-  for (size_t i = 0; i < sizeof(T); ++i) v |= static_cast<T>(static_cast<T>(in[off + i]) << (8 * i));
+  for (size_t i = 0; i < sizeof(T); ++i)
+    v |= static_cast<T>(static_cast<T>(in[off + i]) << (8 * i));
   return v;
 }
 
@@ -89,9 +90,7 @@ void EncodeHeader(const PayloadHeader& h, uint8_t* out) {
   Put<uint64_t>(out, kOffHeaderXxh, XXH3_64bits(out, kOffHeaderXxh));
 }
 
-uint64_t Xxh3(absl::Span<const uint8_t> bytes) {
-  return XXH3_64bits(bytes.data(), bytes.size());
-}
+uint64_t Xxh3(absl::Span<const uint8_t> bytes) { return XXH3_64bits(bytes.data(), bytes.size()); }
 
 absl::StatusOr<std::vector<uint8_t>> BuildPayload(
     PayloadHeader h, absl::Span<const absl::Span<const uint8_t>> sections) {
@@ -99,8 +98,8 @@ absl::StatusOr<std::vector<uint8_t>> BuildPayload(
   h.body_bytes = h.layer_section_bytes * h.num_layers;
   if (h.layer_section_bytes == 0) return Invalid("head_dim or shape not supported");
   if (sections.size() != h.num_layers) {
-    return Invalid(absl::StrCat("expected ", h.num_layers, " layer sections, got ",
-                                sections.size()));
+    return Invalid(
+        absl::StrCat("expected ", h.num_layers, " layer sections, got ", sections.size()));
   }
   std::vector<uint8_t> out(kPayloadHeaderBytes + h.body_bytes);
   size_t off = kPayloadHeaderBytes;
@@ -128,8 +127,8 @@ void SealPayload(absl::Span<uint8_t> bytes) {
 
 absl::StatusOr<PayloadHeader> ParseHeader(absl::Span<const uint8_t> bytes) {
   if (bytes.size() < kPayloadHeaderBytes) {
-    return Invalid(absl::StrCat("truncated: ", bytes.size(), " bytes, header needs ",
-                                kPayloadHeaderBytes));
+    return Invalid(
+        absl::StrCat("truncated: ", bytes.size(), " bytes, header needs ", kPayloadHeaderBytes));
   }
   const uint8_t* p = bytes.data();
   if (Get<uint32_t>(p, kOffMagic) != kPayloadMagic) return Invalid("bad magic");
@@ -193,17 +192,16 @@ absl::StatusOr<PayloadHeader> ParseHeader(absl::Span<const uint8_t> bytes) {
   }
   const uint64_t section = LayerSectionBytes(h);
   if (h.layer_section_bytes != section) {
-    return Invalid(absl::StrCat("layer section size ", h.layer_section_bytes, ", expected ",
-                                section));
+    return Invalid(
+        absl::StrCat("layer section size ", h.layer_section_bytes, ", expected ", section));
   }
   if (h.body_bytes != section * h.num_layers) {
-    return Invalid(absl::StrCat("body size ", h.body_bytes, ", expected ",
-                                section * h.num_layers));
+    return Invalid(absl::StrCat("body size ", h.body_bytes, ", expected ", section * h.num_layers));
   }
   if (h.body_bytes > kMaxPayloadBytes - kPayloadHeaderBytes) return Invalid("payload too large");
   if (bytes.size() != h.total_bytes()) {
-    return Invalid(absl::StrCat("payload has ", bytes.size(), " bytes, header says ",
-                                h.total_bytes()));
+    return Invalid(
+        absl::StrCat("payload has ", bytes.size(), " bytes, header says ", h.total_bytes()));
   }
   if (Get<uint64_t>(p, kOffHeaderXxh) != XXH3_64bits(p, kOffHeaderXxh)) {
     return absl::DataLossError("block payload header checksum mismatch");
@@ -236,10 +234,9 @@ ChainHash Sha256(std::initializer_list<absl::Span<const uint8_t>> parts) {
 
 ChainHash ChainSeed(std::string_view ns) {
   static constexpr std::string_view kDomain = "kvtier-chain-v1";
-  return Sha256({absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(kDomain.data()),
-                                           kDomain.size()),
-                 absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(ns.data()),
-                                           ns.size())});
+  return Sha256(
+      {absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(kDomain.data()), kDomain.size()),
+       absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(ns.data()), ns.size())});
 }
 
 ChainHash ChainNext(const ChainHash& prev, absl::Span<const int32_t> token_ids,

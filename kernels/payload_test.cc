@@ -17,7 +17,8 @@ std::vector<uint8_t> RandomBytes(size_t n, uint32_t seed) {
 std::vector<uint8_t> MakePayload(const PayloadHeader& h, uint32_t seed = 1) {
   std::vector<std::vector<uint8_t>> layers;
   std::vector<absl::Span<const uint8_t>> spans;
-  for (int i = 0; i < h.num_layers; ++i) layers.push_back(RandomBytes(LayerSectionBytes(h), seed + i));
+  for (int i = 0; i < h.num_layers; ++i)
+    layers.push_back(RandomBytes(LayerSectionBytes(h), seed + i));
   for (auto& l : layers) spans.push_back(l);
   auto p = BuildPayload(h, spans);
   EXPECT_TRUE(p.ok()) << p.status();
@@ -78,8 +79,7 @@ TEST(PayloadTest, HeaderFieldCorruptionIsInvalidArgument) {
       auto bad = good;
       bad[i] ^= static_cast<uint8_t>(1u << bit);
       const auto code = ValidatePayload(bad).status().code();
-      EXPECT_TRUE(code == absl::StatusCode::kInvalidArgument ||
-                  code == absl::StatusCode::kDataLoss)
+      EXPECT_TRUE(code == absl::StatusCode::kInvalidArgument || code == absl::StatusCode::kDataLoss)
           << "byte " << i << " bit " << bit;
       data_loss += code == absl::StatusCode::kDataLoss;
     }
@@ -114,7 +114,8 @@ TEST(PayloadTest, RandomMutationsNeverPassAndNeverCrash) {
   for (int round = 0; round < 2000; ++round) {
     auto bad = good;
     const int edits = 1 + rng() % 4;
-    for (int e = 0; e < edits; ++e) bad[rng() % bad.size()] ^= static_cast<uint8_t>(1 + rng() % 255);
+    for (int e = 0; e < edits; ++e)
+      bad[rng() % bad.size()] ^= static_cast<uint8_t>(1 + rng() % 255);
     if (rng() % 4 == 0) bad.resize(rng() % (good.size() + 100));
     if (bad == good) continue;
     auto s = ValidatePayload(bad).status();
@@ -130,7 +131,8 @@ TEST(ChainHashTest, MatchesSha256OfParts) {
   EXPECT_EQ(ChainHashHex(ChainSeed("")),
             "04977d73247172fae3aea9e1e170ee19f640fe0b54aa7631373bb52a7a6df6be");
   const std::vector<int32_t> first = {1, 2, 3};
-  EXPECT_EQ(ChainHashHex(ChainNext(ChainSeed("ns"), first)), "56482b7e22a4032abc69fd3ea7406d35a7121a1e1c14acc47ee1c9c208ad0e62");
+  EXPECT_EQ(ChainHashHex(ChainNext(ChainSeed("ns"), first)),
+            "56482b7e22a4032abc69fd3ea7406d35a7121a1e1c14acc47ee1c9c208ad0e62");
   const std::vector<int32_t> tokens = {1, 2, 3, 4, 5, 6, 7};
   auto hs = ChainHashes("ns", tokens, 3);
   ASSERT_EQ(hs.size(), 2u);

@@ -23,8 +23,8 @@ absl::Status Grant::Check(absl::string_view ns, bool write) const {
     if (!(write ? r.write : r.read)) continue;
     if (r.prefix == "*" || absl::StartsWith(ns, r.prefix)) return absl::OkStatus();
   }
-  return absl::PermissionDeniedError(absl::StrCat("token may not ", write ? "write" : "read",
-                                                  " namespace \"", ns, "\""));
+  return absl::PermissionDeniedError(
+      absl::StrCat("token may not ", write ? "write" : "read", " namespace \"", ns, "\""));
 }
 
 absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Parse(absl::string_view text) {

@@ -25,8 +25,7 @@ TEST(AuthorizerTest, ParsesTokensPrefixesAndRights) {
   ASSERT_TRUE(reader.ok()) << reader.status();
   EXPECT_TRUE(reader->Check("tenantA/m/k4v2_g128/tp0", false).ok());
   EXPECT_TRUE(reader->Check("tenantB/shared/x", false).ok());
-  EXPECT_EQ(reader->Check("tenantB/private/x", false).code(),
-            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(reader->Check("tenantB/private/x", false).code(), absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(reader->Check("tenantA/m", true).code(), absl::StatusCode::kPermissionDenied);
 
   auto writer = (*a)->Authenticate("Bearer writer-1");
@@ -72,8 +71,7 @@ TEST(AuthorizerTest, MissingMalformedOrUnknownTokenIsUnauthenticated) {
 TEST(AuthorizerTest, MalformedLinesAreRejectedWithLineNumber) {
   auto bad_rights = Authorizer::Parse("ok r a/\nt x a/\n");
   ASSERT_EQ(bad_rights.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(bad_rights.status().message().find("line 2"), std::string::npos)
-      << bad_rights.status();
+  EXPECT_NE(bad_rights.status().message().find("line 2"), std::string::npos) << bad_rights.status();
   EXPECT_EQ(Authorizer::Parse("lonely-token\n").status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Authorizer::Parse("t r a/ extra\n").status().code(),

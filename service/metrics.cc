@@ -12,10 +12,17 @@ std::string EscapeLabelValue(absl::string_view v) {
   out.reserve(v.size());
   for (char c : v) {
     switch (c) {
-      case '\\': out += "\\\\"; break;
-      case '"': out += "\\\""; break;
-      case '\n': out += "\\n"; break;
-      default: out += c;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -56,8 +63,7 @@ Family::Family(std::string name, std::string help, std::string type,
       label_names_(std::move(label_names)) {}
 
 std::string Family::LabelString(const std::vector<std::string>& values,
-                                absl::string_view extra_name,
-                                absl::string_view extra_value) const {
+                                absl::string_view extra_name, absl::string_view extra_value) const {
   if (label_names_.empty() && extra_name.empty()) return "";
   std::string out = "{";
   for (size_t i = 0; i < label_names_.size(); ++i) {
@@ -153,8 +159,8 @@ void HistogramFamily::Render(std::string* out) const {
 }
 
 std::vector<double> DefaultLatencyBuckets() {
-  return {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-          0.025,   0.05,   0.1,     0.25,   0.5,   1,      2.5,    5,   10, 30};
+  return {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+          0.05,    0.1,    0.25,    0.5,    1,     2.5,    5,     10,   30};
 }
 
 CounterFamily& Registry::AddCounter(std::string name, std::string help,
@@ -169,8 +175,8 @@ CounterFamily& Registry::AddCounter(std::string name, std::string help,
 
 GaugeFamily& Registry::AddGauge(std::string name, std::string help,
                                 std::vector<std::string> labels) {
-  auto f = std::make_unique<ScalarFamily>(std::move(name), std::move(help), "gauge",
-                                          std::move(labels));
+  auto f =
+      std::make_unique<ScalarFamily>(std::move(name), std::move(help), "gauge", std::move(labels));
   ScalarFamily& ref = *f;
   absl::MutexLock l(&mu_);
   families_.push_back(std::move(f));

@@ -64,8 +64,8 @@ TEST(MetricsTest, NamespaceLabelsAreCapped) {
 
 TEST(MetricsTest, PromtoolAcceptsTheExposition) {
   Registry reg;
-  CounterFamily& c = reg.AddCounter("kvtier_lookup_tokens_total", "Tokens looked up",
-                                    {"namespace", "result"});
+  CounterFamily& c =
+      reg.AddCounter("kvtier_lookup_tokens_total", "Tokens looked up", {"namespace", "result"});
   c.Add({"tenant \"A\"\\x\nnewline", "hit"}, 128);
   c.Add({"tenantB/m/k4v2_g128/tp0", "miss"}, 256);
   reg.AddGauge("kvtier_stored_bytes", "Payload bytes held", {"tier"}).Set({"memory"}, 1e12);

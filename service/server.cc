@@ -1,11 +1,10 @@
 #include "service/server.h"
 
-#include <openssl/rand.h>
-
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <httplib.h>
+#include <openssl/rand.h>
 
 #include <atomic>
 #include <chrono>
@@ -46,37 +45,35 @@ grpc::Status ToGrpc(const absl::Status& s) {
 struct ServiceMetrics {
   Registry reg;
   NamespaceLabeler ns;
-  CounterFamily& lookup_requests = reg.AddCounter(
-      "kvtier_lookup_requests_total", "Lookup requests", {"namespace", "transport"});
-  CounterFamily& lookup_blocks =
-      reg.AddCounter("kvtier_lookup_blocks_total",
-                     "Blocks looked up: hit = leading blocks present, miss = the rest",
-                     {"namespace", "result"});
+  CounterFamily& lookup_requests =
+      reg.AddCounter("kvtier_lookup_requests_total", "Lookup requests", {"namespace", "transport"});
+  CounterFamily& lookup_blocks = reg.AddCounter(
+      "kvtier_lookup_blocks_total",
+      "Blocks looked up: hit = leading blocks present, miss = the rest", {"namespace", "result"});
   CounterFamily& lookup_tokens = reg.AddCounter(
       "kvtier_lookup_tokens_total", "Tokens looked up (block_tokens x blocks), by result",
       {"namespace", "result"});
-  CounterFamily& put_blocks = reg.AddCounter("kvtier_put_blocks_total",
-                                             "Blocks received by Put", {"namespace", "result"});
+  CounterFamily& put_blocks =
+      reg.AddCounter("kvtier_put_blocks_total", "Blocks received by Put", {"namespace", "result"});
   CounterFamily& get_blocks =
       reg.AddCounter("kvtier_get_blocks_total", "Blocks served by Get", {"tier", "result"});
   GaugeFamily& stored_blocks = reg.AddGauge("kvtier_stored_blocks", "Blocks held", {"tier"});
-  GaugeFamily& stored_bytes =
-      reg.AddGauge("kvtier_stored_bytes", "Payload bytes held", {"tier"});
+  GaugeFamily& stored_bytes = reg.AddGauge("kvtier_stored_bytes", "Payload bytes held", {"tier"});
   GaugeFamily& capacity_bytes =
       reg.AddGauge("kvtier_capacity_bytes", "Configured capacity in bytes", {"tier"});
   CounterFamily& evictions = reg.AddCounter("kvtier_evictions_total", "Evicted blocks", {"tier"});
-  CounterFamily& dedup_saved = reg.AddCounter(
-      "kvtier_dedup_saved_bytes_total", "Bytes not stored again thanks to dedup", {});
-  CounterFamily& corrupt_dropped = reg.AddCounter(
-      "kvtier_corrupt_blocks_dropped_total", "Stored blocks that failed validation", {});
-  CounterFamily& requests = reg.AddCounter(
-      "kvtier_requests_total", "Finished requests by gRPC status code name",
-      {"method", "transport", "code"});
+  CounterFamily& dedup_saved = reg.AddCounter("kvtier_dedup_saved_bytes_total",
+                                              "Bytes not stored again thanks to dedup", {});
+  CounterFamily& corrupt_dropped = reg.AddCounter("kvtier_corrupt_blocks_dropped_total",
+                                                  "Stored blocks that failed validation", {});
+  CounterFamily& requests =
+      reg.AddCounter("kvtier_requests_total", "Finished requests by gRPC status code name",
+                     {"method", "transport", "code"});
   HistogramFamily& duration =
       reg.AddHistogram("kvtier_request_duration_seconds", "Request latency in seconds",
                        {"method", "transport"}, DefaultLatencyBuckets());
-  CounterFamily& transfer_bytes = reg.AddCounter(
-      "kvtier_transfer_bytes_total", "Payload bytes moved", {"transport", "direction"});
+  CounterFamily& transfer_bytes = reg.AddCounter("kvtier_transfer_bytes_total",
+                                                 "Payload bytes moved", {"transport", "direction"});
   GaugeFamily& inflight =
       reg.AddGauge("kvtier_inflight_requests", "Requests being served", {"transport"});
   GaugeFamily& build_info = reg.AddGauge("kvtier_build_info", "Build information", {"version"});
@@ -232,7 +229,8 @@ void SlicePieces(const std::vector<grpc::Slice>& slices, size_t offset, size_t n
 
 std::string Flatten(const std::vector<grpc::Slice>& slices) {
   std::string out;
-  for (const grpc::Slice& sl : slices) out.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  for (const grpc::Slice& sl : slices)
+    out.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
   return out;
 }
 
@@ -322,27 +320,30 @@ class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       return absl::InvalidArgumentError("malformed PutRequest message");
     }
     switch (msg.part_case()) {
-      case v1::PutRequest::kHeader: return OnHeader(msg.header());
+      case v1::PutRequest::kHeader:
+        return OnHeader(msg.header());
       case v1::PutRequest::kChunk: {
         const std::string& c = msg.chunk();
         std::vector<absl::Span<const uint8_t>> pieces = {
             absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(c.data()), c.size())};
         return OnChunk(pieces, c.size());
       }
-      default: return absl::InvalidArgumentError("PutRequest has neither header nor chunk");
+      default:
+        return absl::InvalidArgumentError("PutRequest has neither header nor chunk");
     }
   }
 
   absl::Status OnHeader(const v1::PutBlockHeader& h) {
     const size_t index = blocks_.size();
     if (!blocks_.empty() && !blocks_.back().complete()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "header of block ", index, " arrived before block ", index - 1, "'s payload was complete (",
-          blocks_.back().data.size(), " of ", blocks_.back().payload_bytes, " bytes)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("header of block ", index, " arrived before block ", index - 1,
+                       "'s payload was complete (", blocks_.back().data.size(), " of ",
+                       blocks_.back().payload_bytes, " bytes)"));
     }
     if (index >= st_->limits.max_blocks_per_put) {
-      return absl::InvalidArgumentError(absl::StrCat("Put stream has more than ",
-                                                     st_->limits.max_blocks_per_put, " blocks"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("Put stream has more than ", st_->limits.max_blocks_per_put, " blocks"));
     }
     KVTIER_RETURN_IF_ERROR(ValidateNamespace(h.key().namespace_()));
     KVTIER_ASSIGN_OR_RETURN(
@@ -350,9 +351,9 @@ class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
         ParseHash(h.key().chain_hash(), absl::StrCat("block ", index, " key.chain_hash")));
     if (h.payload_bytes() < kernels::kPayloadHeaderBytes ||
         h.payload_bytes() > kernels::kMaxPayloadBytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "block ", index, " payload_bytes ", h.payload_bytes(), " outside [",
-          kernels::kPayloadHeaderBytes, ", ", kernels::kMaxPayloadBytes, "]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("block ", index, " payload_bytes ", h.payload_bytes(), " outside [",
+                       kernels::kPayloadHeaderBytes, ", ", kernels::kMaxPayloadBytes, "]"));
     }
     if (buffered_ + h.payload_bytes() > st_->limits.max_put_stream_bytes) {
       return absl::InvalidArgumentError(
@@ -384,13 +385,13 @@ class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
           absl::StrCat("chunk of ", chunk_size, " bytes; chunks are 1 byte .. 4 MiB"));
     }
     if (chunk_size > b.payload_bytes - b.data.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "chunks of block ", index, " exceed its payload_bytes ", b.payload_bytes));
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunks of block ", index, " exceed its payload_bytes ", b.payload_bytes));
     }
     const size_t before = b.data.size();
     if (b.data.capacity() < before + chunk_size) {
-      b.data.reserve(std::min<uint64_t>(b.payload_bytes,
-                                        std::max<uint64_t>(2 * b.data.capacity(), before + chunk_size)));
+      b.data.reserve(std::min<uint64_t>(
+          b.payload_bytes, std::max<uint64_t>(2 * b.data.capacity(), before + chunk_size)));
     }
     for (const auto& piece : pieces) b.data.insert(b.data.end(), piece.begin(), piece.end());
     scope_.bytes_in += chunk_size;
@@ -407,10 +408,9 @@ class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       }
       if (body_bytes > kernels::kMaxPayloadBytes ||
           body_bytes + kernels::kPayloadHeaderBytes != b.payload_bytes) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("block ", index, ": payload header says ",
-                         body_bytes + kernels::kPayloadHeaderBytes, " bytes, PutBlockHeader says ",
-                         b.payload_bytes));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "block ", index, ": payload header says ", body_bytes + kernels::kPayloadHeaderBytes,
+            " bytes, PutBlockHeader says ", b.payload_bytes));
       }
     }
     if (b.complete()) {
@@ -426,9 +426,9 @@ class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   void Commit() {
     if (!blocks_.empty() && !blocks_.back().complete()) {
       const Block& b = blocks_.back();
-      Fail(absl::InvalidArgumentError(
-          absl::StrCat("stream ended inside block ", blocks_.size() - 1, " (", b.data.size(),
-                       " of ", b.payload_bytes, " bytes)")));
+      Fail(absl::InvalidArgumentError(absl::StrCat("stream ended inside block ", blocks_.size() - 1,
+                                                   " (", b.data.size(), " of ", b.payload_bytes,
+                                                   " bytes)")));
       return;
     }
     std::vector<storage::PutOutcome> outcomes;
@@ -443,7 +443,8 @@ class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
           if (outcomes[j] == storage::PutOutcome::kStored) undo.push_back(blocks_[j].key);
         }
         if (!undo.empty()) (void)st_->store->Delete(undo);
-        Fail(absl::Status(r.status().code(), absl::StrCat("block ", i, ": ", r.status().message())));
+        Fail(
+            absl::Status(r.status().code(), absl::StrCat("block ", i, ": ", r.status().message())));
         return;
       }
       outcomes.push_back(*r);
@@ -452,8 +453,8 @@ class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     for (size_t i = 0; i < blocks_.size(); ++i) {
       const bool stored = outcomes[i] == storage::PutOutcome::kStored;
       resp.add_outcomes(stored ? v1::PutResponse::STORED : v1::PutResponse::DEDUPLICATED);
-      st_->metrics.put_blocks.Add({st_->metrics.ns.Label(blocks_[i].key.ns),
-                                   stored ? "stored" : "deduplicated"});
+      st_->metrics.put_blocks.Add(
+          {st_->metrics.ns.Label(blocks_[i].key.ns), stored ? "stored" : "deduplicated"});
     }
     *resp_ = ToByteBuffer(resp);
     blocks_.clear();
@@ -577,10 +578,9 @@ class GetReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       AppendVarint(index_, &prefix);
       prefix.push_back(0x1A);  // field 3 (chunk), length-delimited
       AppendVarint(n, &prefix);
-      grpc::Slice parts[2] = {
-          grpc::Slice(std::move(prefix)),
-          grpc::Slice(const_cast<uint8_t*>(bytes.data() + offset_), n, &ReleasePayload,
-                      new storage::Payload(lease.payload))};
+      grpc::Slice parts[2] = {grpc::Slice(std::move(prefix)),
+                              grpc::Slice(const_cast<uint8_t*>(bytes.data() + offset_), n,
+                                          &ReleasePayload, new storage::Payload(lease.payload))};
       msg_ = grpc::ByteBuffer(parts, 2);
       offset_ += n;
       scope_.bytes_out += n;
@@ -629,7 +629,7 @@ class KvTierService final : public KvTierCallbackBase {
   }
 
   grpc::ServerReadReactor<grpc::ByteBuffer>* Put(grpc::CallbackServerContext* ctx,
-                                                grpc::ByteBuffer* resp) override {
+                                                 grpc::ByteBuffer* resp) override {
     return new PutReactor(st_, ctx, resp);
   }
 
@@ -773,8 +773,7 @@ class ServerImpl final : public Server {
       ssl.pem_key_cert_pairs.push_back({key, cert});
       if (!o.tls_client_ca.empty()) {
         KVTIER_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(o.tls_client_ca, "client CA"));
-        ssl.client_certificate_request =
-            GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+        ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
       }
       creds = grpc::SslServerCredentials(ssl);
     } else {
@@ -793,8 +792,7 @@ class ServerImpl final : public Server {
     }
 #else
     if (o.ucx_port != 0) {
-      std::fprintf(stderr,
-                   "kvtier-server: this build has no UCX data plane; --ucx_port ignored\n");
+      std::fprintf(stderr, "kvtier-server: this build has no UCX data plane; --ucx_port ignored\n");
     }
 #endif
 

@@ -24,8 +24,7 @@ ABSL_FLAG(std::string, memory_capacity, "4GiB",
 ABSL_FLAG(std::string, disk_capacity, "64GiB", "disk (RocksDB) tier capacity");
 ABSL_FLAG(std::string, data_dir, "", "RocksDB directory; empty = RAM only");
 ABSL_FLAG(bool, sync_writes, false, "fsync the WAL on every Put");
-ABSL_FLAG(std::string, namespace_quota, "",
-          "comma list prefix=bytes, e.g. tenantA/=100GiB");
+ABSL_FLAG(std::string, namespace_quota, "", "comma list prefix=bytes, e.g. tenantA/=100GiB");
 ABSL_FLAG(std::string, tls_cert, "", "server certificate (PEM); with --tls_key enables TLS");
 ABSL_FLAG(std::string, tls_key, "", "server private key (PEM)");
 ABSL_FLAG(std::string, tls_client_ca, "",

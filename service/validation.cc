@@ -22,8 +22,8 @@ absl::Status ValidateNamespace(absl::string_view ns) {
     const bool ok = absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' ||
                     c == ':' || c == '/' || c == '-';
     if (!ok) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "namespace has a character outside [A-Za-z0-9._:/-] at byte ", i));
+      return absl::InvalidArgumentError(
+          absl::StrCat("namespace has a character outside [A-Za-z0-9._:/-] at byte ", i));
     }
   }
   if (ns.find("..") != absl::string_view::npos) {
@@ -34,8 +34,8 @@ absl::Status ValidateNamespace(absl::string_view ns) {
 
 absl::StatusOr<kernels::ChainHash> ParseHash(absl::string_view bytes, absl::string_view what) {
   if (bytes.size() != kChainHashBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " has ", bytes.size(),
-                                                   " bytes, expected ", kChainHashBytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " has ", bytes.size(), " bytes, expected ", kChainHashBytes));
   }
   kernels::ChainHash h;
   std::memcpy(h.data(), bytes.data(), h.size());
@@ -46,8 +46,8 @@ absl::StatusOr<std::vector<kernels::ChainHash>> ParseChain(
     const google::protobuf::RepeatedPtrField<std::string>& hashes, uint32_t max_len) {
   if (hashes.empty()) return absl::InvalidArgumentError("chain_hashes is empty");
   if (static_cast<uint64_t>(hashes.size()) > max_len) {
-    return absl::InvalidArgumentError(absl::StrCat("chain_hashes has ", hashes.size(),
-                                                   " hashes, limit ", max_len));
+    return absl::InvalidArgumentError(
+        absl::StrCat("chain_hashes has ", hashes.size(), " hashes, limit ", max_len));
   }
   std::vector<kernels::ChainHash> out;
   out.reserve(hashes.size());
@@ -67,12 +67,19 @@ absl::StatusOr<uint64_t> ParseByteSize(absl::string_view text) {
     uint64_t mult;
   };
   // Longest suffixes first so "GiB" is not read as "B".
-  static constexpr Unit kUnits[] = {
-      {"KiB", uint64_t{1} << 10}, {"MiB", uint64_t{1} << 20}, {"GiB", uint64_t{1} << 30},
-      {"TiB", uint64_t{1} << 40}, {"KB", uint64_t{1} << 10},  {"MB", uint64_t{1} << 20},
-      {"GB", uint64_t{1} << 30},  {"TB", uint64_t{1} << 40},  {"K", uint64_t{1} << 10},
-      {"M", uint64_t{1} << 20},   {"G", uint64_t{1} << 30},   {"T", uint64_t{1} << 40},
-      {"B", 1}};
+  static constexpr Unit kUnits[] = {{"KiB", uint64_t{1} << 10},
+                                    {"MiB", uint64_t{1} << 20},
+                                    {"GiB", uint64_t{1} << 30},
+                                    {"TiB", uint64_t{1} << 40},
+                                    {"KB", uint64_t{1} << 10},
+                                    {"MB", uint64_t{1} << 20},
+                                    {"GB", uint64_t{1} << 30},
+                                    {"TB", uint64_t{1} << 40},
+                                    {"K", uint64_t{1} << 10},
+                                    {"M", uint64_t{1} << 20},
+                                    {"G", uint64_t{1} << 30},
+                                    {"T", uint64_t{1} << 40},
+                                    {"B", 1}};
   uint64_t mult = 1;
   for (const Unit& u : kUnits) {
     if (absl::ConsumeSuffix(&t, u.suffix)) {

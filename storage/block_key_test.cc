@@ -42,8 +42,7 @@ TEST(BlockKeyTest, SetEncodedChainReplacesOnlyTheHash) {
 TEST(BlockKeyTest, MalformedEncodingIsDataLoss) {
   std::string e = EncodeBlockKey("ns", testing::Hash(1), 0);
   EXPECT_EQ(DecodeBlockKey(e.substr(0, 3)).status().code(), absl::StatusCode::kDataLoss);
-  EXPECT_EQ(DecodeBlockKey(e.substr(0, e.size() - 1)).status().code(),
-            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeBlockKey(e.substr(0, e.size() - 1)).status().code(), absl::StatusCode::kDataLoss);
   e[3] = 9;  // namespace length no longer matches the size
   EXPECT_EQ(DecodeBlockKey(e).status().code(), absl::StatusCode::kDataLoss);
   EXPECT_TRUE(EncodedKeyNamespace(e).empty());

@@ -2,11 +2,10 @@
 // killed with SIGKILL at random moments, over many rounds. After each kill the store is
 // reopened here: every block whose Put completed (acked by the child) is present and
 // identical, every block returned validates, and nothing is reported corrupt.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <chrono>
 #include <filesystem>

@@ -401,10 +401,9 @@ DiskTier::ReadResult DiskTier::ReadOnce(const std::string& key, uint64_t tick) {
   absl::StatusOr<kernels::PayloadView> view = kernels::ValidatePayload(bytes);
   if (!view.ok() || kernels::Xxh3(bytes.first(kernels::kPayloadHeaderBytes)) != checksum) {
     return {ReadResult::kInvalid, id,
-            absl::DataLossError(absl::StrCat(
-                "disk block failed validation (dropped): ",
-                view.ok() ? "checksum differs from its metadata"
-                          : std::string(view.status().message())))};
+            absl::DataLossError(absl::StrCat("disk block failed validation (dropped): ",
+                                             view.ok() ? "checksum differs from its metadata"
+                                                       : std::string(view.status().message())))};
   }
   return {ReadResult::kDone, id,
           std::make_shared<const std::vector<uint8_t>>(bytes.begin(), bytes.end())};

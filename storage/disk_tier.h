@@ -17,8 +17,9 @@
 // of the capacity (at least 64 MiB), a background thread flushes the values family and
 // compacts it with forced blob GC (blob files are capacity/32 bytes, 8..256 MiB); the WAL
 // is capped at capacity/8 (32..256 MiB). The directory then stays within a few times the
-// capacity for small capacities (64 MiB: at most ~5x) and close to it for large ones. Access order changes are kept in memory
-// only; after a restart the order is that of the persisted (insertion) stamps.
+// capacity for small capacities (64 MiB: at most ~5x) and close to it for large ones. Access order
+// changes are kept in memory only; after a restart the order is that of the persisted (insertion)
+// stamps.
 //
 //   KVTIER_ASSIGN_OR_RETURN(auto disk, DiskTier::Open({.path = "/var/lib/kvtier"}));
 //   disk->Put(key, bytes, checksum, /*group=*/-1, {tick, depth});
@@ -44,9 +45,9 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
-#include "storage/mutex.h"
 #include "absl/types/span.h"
 #include "storage/eviction.h"
+#include "storage/mutex.h"
 #include "storage/tiered_store.h"
 
 namespace rocksdb {
@@ -188,7 +189,7 @@ class DiskTier {
   std::atomic<bool> gc_running_{false};
   Mutex gc_mu_;
   std::thread gc_thread_ ABSL_GUARDED_BY(gc_mu_);  // the last GC pass
-  uint64_t gc_threshold_ = 0;  // constant after construction
+  uint64_t gc_threshold_ = 0;                      // constant after construction
   std::atomic<uint64_t> gc_passes_{0};
 
   std::atomic<uint64_t> evictions_{0};

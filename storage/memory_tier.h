@@ -24,8 +24,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "storage/mutex.h"
 #include "storage/eviction.h"
+#include "storage/mutex.h"
 #include "storage/tiered_store.h"
 
 namespace kvtier::storage {

@@ -38,7 +38,8 @@ Payload MakePayload(size_t bytes, uint64_t seed) {
   }
   std::vector<absl::Span<const uint8_t>> s;
   for (int l = 0; l < records; ++l) {
-    s.push_back(absl::MakeConstSpan(body).subspan(l * h.layer_section_bytes, h.layer_section_bytes));
+    s.push_back(
+        absl::MakeConstSpan(body).subspan(l * h.layer_section_bytes, h.layer_section_bytes));
   }
   return std::make_shared<const std::vector<uint8_t>>(*kernels::BuildPayload(h, s));
 }
@@ -124,8 +125,8 @@ void BM_DiskPut(benchmark::State& state) {
   auto disk = OpenDisk(dir.path());
   uint64_t i = 0;
   for (auto _ : state) {
-    benchmark::DoNotOptimize(disk->Put(EncodeBlockKey("bench", testing::Hash(i++), 0), *p, sum,
-                                       -1, {i, 0}));
+    benchmark::DoNotOptimize(
+        disk->Put(EncodeBlockKey("bench", testing::Hash(i++), 0), *p, sum, -1, {i, 0}));
   }
   SetBytes(state, p->size());
 }
@@ -171,7 +172,8 @@ void BM_DiskGet(benchmark::State& state) {
   (void)disk->Flush();
   uint64_t i = 0;
   for (auto _ : state) {
-    benchmark::DoNotOptimize(disk->Get(EncodeBlockKey("bench", testing::Hash(i++ % kReadKeys), 0), 0));
+    benchmark::DoNotOptimize(
+        disk->Get(EncodeBlockKey("bench", testing::Hash(i++ % kReadKeys), 0), 0));
   }
   SetBytes(state, p->size());
 }
@@ -219,8 +221,8 @@ void BM_Lookup128(benchmark::State& state) {
   }
   for (auto _ : state) benchmark::DoNotOptimize(store->Lookup("bench", chain, 0));
   state.SetItemsProcessed(state.iterations());
-  state.counters["blocks/s"] =
-      benchmark::Counter(static_cast<double>(state.iterations()) * 128, benchmark::Counter::kIsRate);
+  state.counters["blocks/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * 128,
+                                                  benchmark::Counter::kIsRate);
 }
 
 #define KVTIER_SIZES ->Arg(256 << 10)->Arg(1 << 20)->Arg(4 << 20)->Arg(16 << 20)->UseRealTime()

@@ -34,8 +34,7 @@ void RunStress(TieredStore& store, double seconds, Counts& c) {
     other[i] = testing::RandomPayload(kConflictSeed + i);
   }
   const char* const kNs[] = {"tenantA/m", "tenantB/m"};
-  const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {

@@ -21,8 +21,8 @@ Payload RandomPayload(uint64_t seed, int layers, int heads) {
   }
   std::vector<absl::Span<const uint8_t>> sections;
   for (int l = 0; l < layers; ++l) {
-    sections.push_back(absl::MakeConstSpan(body).subspan(l * h.layer_section_bytes,
-                                                         h.layer_section_bytes));
+    sections.push_back(
+        absl::MakeConstSpan(body).subspan(l * h.layer_section_bytes, h.layer_section_bytes));
   }
   absl::StatusOr<std::vector<uint8_t>> p = kernels::BuildPayload(h, sections);
   if (!p.ok()) return nullptr;

@@ -3,6 +3,8 @@
 // Lock order: TieredStoreImpl::hint_mu_ is a leaf (never held while calling a tier).
 // No tier lock is held while calling into the other tier: victims of the RAM tier are
 // demoted after MemoryTier::EvictToFit has returned.
+#include "storage/tiered_store.h"
+
 #include <atomic>
 #include <deque>
 #include <string>
@@ -11,12 +13,11 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "storage/mutex.h"
 #include "kernels/payload.h"
 #include "storage/block_key.h"
 #include "storage/disk_tier.h"
 #include "storage/memory_tier.h"
-#include "storage/tiered_store.h"
+#include "storage/mutex.h"
 
 namespace kvtier::storage {
 namespace {
@@ -107,8 +108,8 @@ class TieredStoreImpl final : public TieredStore {
     size_t i = 0;
     for (; i < chain.size(); ++i) {
       SetEncodedChain(&ekey, chain[i]);
-      const AccessStamp stamp = chain_aware_ ? AccessStamp{tick, static_cast<uint32_t>(i)}
-                                             : AccessStamp{NextTick(), 0};
+      const AccessStamp stamp =
+          chain_aware_ ? AccessStamp{tick, static_cast<uint32_t>(i)} : AccessStamp{NextTick(), 0};
       if (memory_.Touch(ekey, stamp)) continue;
       if (disk_ && disk_->Touch(ekey, stamp)) continue;
       break;
@@ -246,8 +247,7 @@ class TieredStoreImpl final : public TieredStore {
     for (EvictedBlock& v : victims) {
       if (v.by_quota) memory_quota_evictions_.fetch_add(1, std::memory_order_relaxed);
       if (!disk_ || write_through_ || disk_->Contains(v.key)) continue;
-      absl::StatusOr<InsertResult> r =
-          disk_->Put(v.key, *v.payload, v.checksum, v.group, v.stamp);
+      absl::StatusOr<InsertResult> r = disk_->Put(v.key, *v.payload, v.checksum, v.group, v.stamp);
       if (r.ok() && *r == InsertResult::kInserted) {
         demotions_.fetch_add(1, std::memory_order_relaxed);
       }
@@ -267,8 +267,7 @@ class TieredStoreImpl final : public TieredStore {
     return AccessStamp{NextTick(), 0};
   }
 
-  void RememberLocked(std::string ekey, AccessStamp stamp)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(hint_mu_) {
+  void RememberLocked(std::string ekey, AccessStamp stamp) ABSL_EXCLUSIVE_LOCKS_REQUIRED(hint_mu_) {
     const uint64_t gen = ++hint_gen_;
     hints_.insert_or_assign(ekey, Hint{stamp, gen});
     hint_fifo_.emplace_back(std::move(ekey), gen);

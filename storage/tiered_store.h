@@ -115,13 +115,13 @@ struct StoreStats {
   TierStats disk;
   uint64_t puts_stored = 0;
   uint64_t puts_deduplicated = 0;
-  uint64_t puts_rejected = 0;       // invalid payloads and checksum conflicts
-  uint64_t dedup_conflicts = 0;     // a Put of a present key with a different checksum
-  uint64_t dedup_bytes_saved = 0;   // payload bytes not stored again thanks to dedup
-  uint64_t corrupt_dropped = 0;     // disk values that failed validation and were dropped
-  uint64_t quota_evictions = 0;     // evictions forced by a namespace quota
-  uint64_t promotions = 0;          // disk hits copied into RAM
-  uint64_t demotions = 0;           // RAM evictions written to disk
+  uint64_t puts_rejected = 0;      // invalid payloads and checksum conflicts
+  uint64_t dedup_conflicts = 0;    // a Put of a present key with a different checksum
+  uint64_t dedup_bytes_saved = 0;  // payload bytes not stored again thanks to dedup
+  uint64_t corrupt_dropped = 0;    // disk values that failed validation and were dropped
+  uint64_t quota_evictions = 0;    // evictions forced by a namespace quota
+  uint64_t promotions = 0;         // disk hits copied into RAM
+  uint64_t demotions = 0;          // RAM evictions written to disk
 };
 
 class TieredStore {
@@ -139,8 +139,7 @@ class TieredStore {
   virtual absl::StatusOr<PutOutcome> Put(const BlockKey& key, Payload payload) = 0;
 
   // Number of leading blocks of `chain` present in any tier (stops at the first miss).
-  virtual size_t Lookup(std::string_view ns, absl::Span<const ChainHash> chain,
-                        uint32_t part) = 0;
+  virtual size_t Lookup(std::string_view ns, absl::Span<const ChainHash> chain, uint32_t part) = 0;
 
   // One result per key, in order: a Lease (empty on a miss) or kDataLoss when a disk value
   // failed validation (it is dropped and counted; never returned).

@@ -79,15 +79,13 @@ TEST_F(TieredStoreTest, PutValidatesThePayloadAndChangesNothingOnError) {
   EXPECT_EQ(s->Put(Key(kNs, 1), nullptr).status().code(), absl::StatusCode::kInvalidArgument);
   std::vector<uint8_t> bytes = *RandomPayload(1);
   bytes[bytes.size() - 3] ^= 0x10;  // body byte: checksum mismatch
-  EXPECT_EQ(s->Put(Key(kNs, 1), std::make_shared<const std::vector<uint8_t>>(bytes))
-                .status()
-                .code(),
-            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(
+      s->Put(Key(kNs, 1), std::make_shared<const std::vector<uint8_t>>(bytes)).status().code(),
+      absl::StatusCode::kDataLoss);
   bytes.pop_back();  // size no longer matches the header
-  EXPECT_EQ(s->Put(Key(kNs, 1), std::make_shared<const std::vector<uint8_t>>(bytes))
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      s->Put(Key(kNs, 1), std::make_shared<const std::vector<uint8_t>>(bytes)).status().code(),
+      absl::StatusCode::kInvalidArgument);
   const StoreStats st = s->Stats();
   EXPECT_EQ(st.puts_rejected, 3u);
   EXPECT_EQ(st.memory.blocks, 0u);
@@ -208,13 +206,14 @@ TEST_F(TieredStoreTest, NamespaceQuotaAppliesOnDiskToo) {
   o.namespace_quota_bytes["tenantA/"] = 3 * kBlock;
   {
     auto s = Open(o);
-    for (uint64_t i = 0; i < 4; ++i) ASSERT_TRUE(s->Put(Key("tenantB/m", i), RandomPayload(i)).ok());
+    for (uint64_t i = 0; i < 4; ++i)
+      ASSERT_TRUE(s->Put(Key("tenantB/m", i), RandomPayload(i)).ok());
     for (uint64_t i = 10; i < 16; ++i) {
       ASSERT_TRUE(s->Put(Key("tenantA/m", i), RandomPayload(i)).ok());
     }
     const StoreStats st = s->Stats();
-    EXPECT_EQ(st.disk.blocks, 7u);       // 4 of tenantB + 3 of tenantA
-    EXPECT_EQ(st.quota_evictions, 6u);   // 3 in RAM + 3 on disk
+    EXPECT_EQ(st.disk.blocks, 7u);      // 4 of tenantB + 3 of tenantA
+    EXPECT_EQ(st.quota_evictions, 6u);  // 3 in RAM + 3 on disk
     EXPECT_EQ(st.disk.evictions, 3u);
   }
   // After a restart the rebuilt disk index still charges tenantA/ for its blocks.
@@ -308,8 +307,8 @@ TEST_F(TieredStoreTest, CorruptDiskValueIsDataLossDroppedAndCounted) {
   {
     // Overwrite the stored value with a copy whose body has one flipped bit.
     rocksdb::DBOptions dbo;
-    std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
-        {rocksdb::kDefaultColumnFamilyName, {}}, {"meta", {}}};
+    std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {{rocksdb::kDefaultColumnFamilyName, {}},
+                                                        {"meta", {}}};
     std::vector<rocksdb::ColumnFamilyHandle*> h;
     rocksdb::DB* db = nullptr;
     ASSERT_TRUE(rocksdb::DB::Open(dbo, dir_.path() + "/db", cfs, &h, &db).ok());

@@ -1,10 +1,10 @@
 // `kvtier lookup|put|get|stats|health`: admin commands against any kvtier cluster.
 //
 //   kvtier health --endpoints=127.0.0.1:50051
-//   kvtier put    --endpoints=h1:50051,h2:50051 --ns=t/m/k4v2_g128/tp0 --hash=<64 hex> --file=blk.bin
-//   kvtier lookup --endpoints=... --ns=... --hashes=<hex>,<hex>,...   (or --tokens=1,2,3 --block_size=128)
-//   kvtier get    --endpoints=... --ns=... --hash=<hex> --out=blk.bin
-//   kvtier stats  --dns=kvtier-headless:50051 --tls=ca.pem --token=secret
+//   kvtier put    --endpoints=h1:50051,h2:50051 --ns=t/m/k4v2_g128/tp0 --hash=<64 hex>
+//   --file=blk.bin kvtier lookup --endpoints=... --ns=... --hashes=<hex>,<hex>,...   (or
+//   --tokens=1,2,3 --block_size=128) kvtier get    --endpoints=... --ns=... --hash=<hex>
+//   --out=blk.bin kvtier stats  --dns=kvtier-headless:50051 --tls=ca.pem --token=secret
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -89,7 +89,8 @@ absl::StatusOr<std::unique_ptr<Client>> Connect(const Args& a) {
 }
 
 absl::StatusOr<kvtier::kernels::ChainHash> ParseHex(absl::string_view hex) {
-  if (hex.size() != 64) return absl::InvalidArgumentError(absl::StrCat("hash must be 64 hex digits: ", hex));
+  if (hex.size() != 64)
+    return absl::InvalidArgumentError(absl::StrCat("hash must be 64 hex digits: ", hex));
   for (char c : hex) {
     if (!std::isxdigit(static_cast<unsigned char>(c))) {
       return absl::InvalidArgumentError(absl::StrCat("not hex: ", hex));
@@ -218,7 +219,8 @@ int RunPut(int argc, char** argv) {
   if (!h.ok()) return Error(h.status());
   std::ifstream in(a.Get("file"), std::ios::binary);
   if (!in) return Error(absl::NotFoundError(absl::StrCat("cannot read ", a.Get("file"))));
-  std::vector<uint8_t> payload((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<uint8_t> payload((std::istreambuf_iterator<char>(in)),
+                               std::istreambuf_iterator<char>());
   auto c = Connect(a);
   if (!c.ok()) return Error(c.status());
   kvtier::client::PutItem item{*h, payload};

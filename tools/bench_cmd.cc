@@ -144,7 +144,8 @@ int RunTrace(int argc, char** argv) {
     for (const std::string& codec : codecs) {
       absl::StatusOr<TraceCodec> tc = ParseTraceCodec(codec);
       if (!tc.ok()) {
-        std::fprintf(stderr, "kvtier bench trace: %s\n", std::string(tc.status().message()).c_str());
+        std::fprintf(stderr, "kvtier bench trace: %s\n",
+                     std::string(tc.status().message()).c_str());
         return 2;
       }
       ReplayOptions o = base;
@@ -155,16 +156,16 @@ int RunTrace(int argc, char** argv) {
         std::fprintf(stderr, "kvtier bench trace: %s\n", r.status().ToString().c_str());
         return 1;
       }
-      std::printf("| %s | %s | %s | %s | %llu | %.2f | %.2f | %s | %llu | %s | %llu | %llu | %.1f s |\n",
-                  FormatBytes(r->capacity_bytes).c_str(),
-                  r->disk_capacity_bytes ? FormatBytes(r->disk_capacity_bytes).c_str() : "-",
-                  r->codec.c_str(), FormatBytes(r->block_bytes).c_str(),
-                  (unsigned long long)r->capacity_blocks, 100 * r->token_hit_ratio(),
-                  100 * r->block_hit_ratio(), FormatBytes(r->memory_stored_bytes()).c_str(),
-                  (unsigned long long)r->memory_evictions,
-                  r->disk_capacity_bytes ? FormatBytes(r->disk_stored_bytes()).c_str() : "-",
-                  (unsigned long long)r->disk_evictions, (unsigned long long)r->puts_stored,
-                  r->seconds);
+      std::printf(
+          "| %s | %s | %s | %s | %llu | %.2f | %.2f | %s | %llu | %s | %llu | %llu | %.1f s |\n",
+          FormatBytes(r->capacity_bytes).c_str(),
+          r->disk_capacity_bytes ? FormatBytes(r->disk_capacity_bytes).c_str() : "-",
+          r->codec.c_str(), FormatBytes(r->block_bytes).c_str(),
+          (unsigned long long)r->capacity_blocks, 100 * r->token_hit_ratio(),
+          100 * r->block_hit_ratio(), FormatBytes(r->memory_stored_bytes()).c_str(),
+          (unsigned long long)r->memory_evictions,
+          r->disk_capacity_bytes ? FormatBytes(r->disk_stored_bytes()).c_str() : "-",
+          (unsigned long long)r->disk_evictions, (unsigned long long)r->puts_stored, r->seconds);
       std::fflush(stdout);
     }
   }
@@ -173,8 +174,8 @@ int RunTrace(int argc, char** argv) {
 
 int RunBench(int argc, char** argv) {
   if (argc >= 2 && std::strcmp(argv[1], "trace") == 0) return RunTrace(argc - 1, argv + 1);
-  const bool help = argc >= 2 && (std::strcmp(argv[1], "--help") == 0 ||
-                                  std::strcmp(argv[1], "-h") == 0);
+  const bool help =
+      argc >= 2 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0);
   std::fprintf(help ? stdout : stderr,
                "usage: kvtier bench <subcommand> [args...]\n\nsubcommands:\n"
                "  trace   replay a Mooncake trace against the TieredStore (hit ratio per "

@@ -32,8 +32,10 @@ constexpr int kPoolSize = 8;
 
 // (Debian's Abseil string_view is not std::string_view: small local helpers instead.)
 std::string_view Strip(std::string_view s) {
-  while (!s.empty() && absl::ascii_isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
-  while (!s.empty() && absl::ascii_isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  while (!s.empty() && absl::ascii_isspace(static_cast<unsigned char>(s.front())))
+    s.remove_prefix(1);
+  while (!s.empty() && absl::ascii_isspace(static_cast<unsigned char>(s.back())))
+    s.remove_suffix(1);
   return s;
 }
 
@@ -71,7 +73,8 @@ absl::StatusOr<Payload> RandomPayload(const ModelShape& m, TraceCodec codec, dou
                                       uint64_t seed) {
   kernels::PayloadHeader h;
   if (codec == TraceCodec::kK4V2G128) {
-    const uint64_t rec = kernels::MakeTileLayout(kernels::Preset::kK4V2G128, m.head_dim).record_bytes;
+    const uint64_t rec =
+        kernels::MakeTileLayout(kernels::Preset::kK4V2G128, m.head_dim).record_bytes;
     const ScaledShape s = ShapeFor(target, rec);
     h = kernels::MakeTilesHeader(kernels::Preset::kK4V2G128, m.head_dim, s.layers, s.heads);
   } else {
@@ -87,8 +90,8 @@ absl::StatusOr<Payload> RandomPayload(const ModelShape& m, TraceCodec codec, dou
   }
   std::vector<absl::Span<const uint8_t>> sections;
   for (int l = 0; l < h.num_layers; ++l) {
-    sections.push_back(absl::MakeConstSpan(body).subspan(l * h.layer_section_bytes,
-                                                         h.layer_section_bytes));
+    sections.push_back(
+        absl::MakeConstSpan(body).subspan(l * h.layer_section_bytes, h.layer_section_bytes));
   }
   absl::StatusOr<std::vector<uint8_t>> p = kernels::BuildPayload(h, sections);
   if (!p.ok()) return p.status();
@@ -143,11 +146,20 @@ absl::StatusOr<uint64_t> ParseBytes(std::string_view s) {
     return absl::InvalidArgumentError(absl::StrCat("bad byte count '", std::string(s), "'"));
   }
   const std::string unit = absl::AsciiStrToLower(std::string(Strip(s.substr(i))));
-  static const std::pair<const char*, double> kUnits[] = {
-      {"", 1},           {"b", 1},          {"kb", 1e3},       {"mb", 1e6},
-      {"gb", 1e9},       {"tb", 1e12},      {"kib", 1024.0},   {"mib", 1048576.0},
-      {"gib", 1073741824.0}, {"tib", 1099511627776.0}, {"k", 1024.0}, {"m", 1048576.0},
-      {"g", 1073741824.0},   {"t", 1099511627776.0}};
+  static const std::pair<const char*, double> kUnits[] = {{"", 1},
+                                                          {"b", 1},
+                                                          {"kb", 1e3},
+                                                          {"mb", 1e6},
+                                                          {"gb", 1e9},
+                                                          {"tb", 1e12},
+                                                          {"kib", 1024.0},
+                                                          {"mib", 1048576.0},
+                                                          {"gib", 1073741824.0},
+                                                          {"tib", 1099511627776.0},
+                                                          {"k", 1024.0},
+                                                          {"m", 1048576.0},
+                                                          {"g", 1073741824.0},
+                                                          {"t", 1099511627776.0}};
   for (const auto& [name, mult] : kUnits) {
     if (unit == name) return static_cast<uint64_t>(v * mult);
   }
@@ -173,7 +185,8 @@ absl::StatusOr<TraceRequest> ParseTraceLine(std::string_view line) {
     return absl::InvalidArgumentError("trace line without a numeric input_length");
   }
   std::string_view ids = AfterKey(line, "hash_ids");
-  if (ids.empty() || ids[0] != '[') return absl::InvalidArgumentError("trace line without hash_ids");
+  if (ids.empty() || ids[0] != '[')
+    return absl::InvalidArgumentError("trace line without hash_ids");
   const size_t end = ids.find(']');
   if (end == std::string_view::npos) return absl::InvalidArgumentError("unterminated hash_ids");
   std::string_view list = ids.substr(1, end - 1);
@@ -189,7 +202,8 @@ absl::StatusOr<TraceRequest> ParseTraceLine(std::string_view line) {
     list.remove_prefix(comma + 1);
   }
   // Optional fields.
-  for (auto [key, out] : {std::pair<std::string_view, uint64_t*>{"output_length", &r.output_length}}) {
+  for (auto [key, out] :
+       {std::pair<std::string_view, uint64_t*>{"output_length", &r.output_length}}) {
     std::string_view v = AfterKey(line, key);
     size_t k = 0;
     while (k < v.size() && absl::ascii_isdigit(v[k])) ++k;
@@ -241,9 +255,9 @@ absl::StatusOr<ReplayResult> ReplayRequests(const std::vector<TraceRequest>& req
   res.block_bytes = BlockBytes(*model, o.codec);
   res.capacity_blocks = o.capacity_bytes / res.block_bytes;
   if (res.capacity_blocks == 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "capacity ", FormatBytes(o.capacity_bytes), " holds no block of ",
-        FormatBytes(res.block_bytes)));
+    return absl::InvalidArgumentError(absl::StrCat("capacity ", FormatBytes(o.capacity_bytes),
+                                                   " holds no block of ",
+                                                   FormatBytes(res.block_bytes)));
   }
   std::vector<Payload> pool;
   for (int i = 0; i < kPoolSize; ++i) {

@@ -19,11 +19,11 @@
 #include <deque>
 #include <filesystem>
 #include <map>
-#include <tuple>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -65,11 +65,13 @@ struct DemoFlags {
 };
 
 void Usage(FILE* out) {
-  std::fprintf(out,
+  std::fprintf(
+      out,
       "usage: kvtier demo [flags]\n"
       "Replays a slice of the Mooncake conversation trace as a disaggregated prefill/decode\n"
       "workload through a local kvtier-server (started here, RocksDB in a temp directory).\n\n"
-      "  --trace=PATH          trace (default: <repo>/../shared/data/mooncake_conversation_trace.jsonl)\n"
+      "  --trace=PATH          trace (default: "
+      "<repo>/../shared/data/mooncake_conversation_trace.jsonl)\n"
       "  --requests=N          requests to replay (default 12)\n"
       "  --skip=N              start at request N of the trace (default 0)\n"
       "  --layers=N --kv_heads=N --q_heads=N --head_dim=N   model shape (default 4, 8, 32, 128)\n"
@@ -117,29 +119,47 @@ int ParseFlags(int argc, char** argv, DemoFlags* f) {
       value = argv[++i];
     }
     bool ok = true;
-    if (name == "trace") f->trace = value;
-    else if (name == "requests") ok = ParseIntFlag(value, &f->requests) && f->requests > 0;
-    else if (name == "kv_cache_mib") ok = ParseIntFlag(value, &f->kv_cache_mib) && f->kv_cache_mib >= 0;
-    else if (name == "skip") ok = ParseIntFlag(value, &f->skip) && f->skip >= 0;
-    else if (name == "layers") ok = ParseIntFlag(value, &f->model.num_layers);
-    else if (name == "kv_heads") ok = ParseIntFlag(value, &f->model.num_kv_heads);
-    else if (name == "q_heads") ok = ParseIntFlag(value, &f->model.num_q_heads);
-    else if (name == "head_dim") ok = ParseIntFlag(value, &f->model.head_dim);
-    else if (name == "sink_blocks") ok = ParseIntFlag(value, &f->model.sink_blocks);
-    else if (name == "max_tokens") ok = ParseIntFlag(value, &f->model.max_tokens);
-    else if (name == "prefill_workers") ok = ParseIntFlag(value, &f->prefill_workers) && f->prefill_workers > 0;
-    else if (name == "decode_workers") ok = ParseIntFlag(value, &f->decode_workers) && f->decode_workers > 0;
-    else if (name == "data_dir") f->data_dir = value;
-    else if (name == "server") f->server_bin = value;
-    else if (name == "endpoint") f->endpoint = value;
-    else if (name == "token") f->token = value;
-    else if (name == "memory_capacity") f->memory_capacity = value;
-    else if (name == "keep_serving") f->keep_serving = true;
+    if (name == "trace")
+      f->trace = value;
+    else if (name == "requests")
+      ok = ParseIntFlag(value, &f->requests) && f->requests > 0;
+    else if (name == "kv_cache_mib")
+      ok = ParseIntFlag(value, &f->kv_cache_mib) && f->kv_cache_mib >= 0;
+    else if (name == "skip")
+      ok = ParseIntFlag(value, &f->skip) && f->skip >= 0;
+    else if (name == "layers")
+      ok = ParseIntFlag(value, &f->model.num_layers);
+    else if (name == "kv_heads")
+      ok = ParseIntFlag(value, &f->model.num_kv_heads);
+    else if (name == "q_heads")
+      ok = ParseIntFlag(value, &f->model.num_q_heads);
+    else if (name == "head_dim")
+      ok = ParseIntFlag(value, &f->model.head_dim);
+    else if (name == "sink_blocks")
+      ok = ParseIntFlag(value, &f->model.sink_blocks);
+    else if (name == "max_tokens")
+      ok = ParseIntFlag(value, &f->model.max_tokens);
+    else if (name == "prefill_workers")
+      ok = ParseIntFlag(value, &f->prefill_workers) && f->prefill_workers > 0;
+    else if (name == "decode_workers")
+      ok = ParseIntFlag(value, &f->decode_workers) && f->decode_workers > 0;
+    else if (name == "data_dir")
+      f->data_dir = value;
+    else if (name == "server")
+      f->server_bin = value;
+    else if (name == "endpoint")
+      f->endpoint = value;
+    else if (name == "token")
+      f->token = value;
+    else if (name == "memory_capacity")
+      f->memory_capacity = value;
+    else if (name == "keep_serving")
+      f->keep_serving = true;
     else if (name == "gpu") {
       ok = value == "auto" || value == "on" || value == "off";
       f->gpu = value;
-    }
-    else if (name == "no_progress") f->progress = false;
+    } else if (name == "no_progress")
+      f->progress = false;
     else if (name == "preset") {
       auto p = kernels::PresetFromName(value);
       ok = p.has_value();
@@ -344,14 +364,13 @@ absl::Status Decode(const DemoModel& m, const std::string& ns, const RequestPlan
         recomputed.emplace_back(row * 2 * n);
         kernels::cpu::EncodeFp16Section(m.head_dim, m.num_kv_heads, n, k.data() + b * g * row,
                                         v.data() + b * g * row, recomputed.back().data());
-        sections.push_back({BlockEncoding::kFp16, n,
-                            reinterpret_cast<const uint8_t*>(recomputed.back().data())});
+        sections.push_back(
+            {BlockEncoding::kFp16, n, reinterpret_cast<const uint8_t*>(recomputed.back().data())});
       }
     }
     const float scale = 1.0f / std::sqrt(static_cast<float>(m.head_dim));
-    KVTIER_RETURN_IF_ERROR(kernels::cpu::AttendReference(layout, m.num_kv_heads, sections,
-                                                         q.data(), m.num_q_heads, scale,
-                                                         out.data(), nullptr));
+    KVTIER_RETURN_IF_ERROR(kernels::cpu::AttendReference(
+        layout, m.num_kv_heads, sections, q.data(), m.num_q_heads, scale, out.data(), nullptr));
     ExactAttention(m.num_q_heads, m.num_kv_heads, m.head_dim, p.tokens, q.data(), k.data(),
                    v.data(), &ref);
     auto e = RowRelativeErrors(out.data(), ref, m.num_q_heads, m.head_dim);
@@ -398,7 +417,8 @@ absl::Status GpuPrefill(const DemoModel& m, const std::string& ns, const Request
   t.blocks_stored += e.stored + (tail_stored ? 1 : 0);
   t.blocks_dedup += e.deduplicated + (tail_bytes > 0 && !tail_stored ? 1 : 0);
   t.put_bytes += e.bytes_sent + tail_bytes;
-  t.put_fp16_bytes += m.Fp16Bytes((e.stored + e.deduplicated) * g + (tail_bytes ? p.tail_tokens : 0));
+  t.put_fp16_bytes +=
+      m.Fp16Bytes((e.stored + e.deduplicated) * g + (tail_bytes ? p.tail_tokens : 0));
   t.stored_bytes += e.bytes_stored + (tail_stored ? tail_bytes : 0);
   t.stored_fp16_bytes += m.Fp16Bytes(e.stored * g + (tail_stored ? p.tail_tokens : 0));
   return absl::OkStatus();
@@ -457,8 +477,8 @@ void ProgressLine(size_t total, const Totals& t, absl::Time start) {
   const int fill = total ? static_cast<int>(kWidth * d / total) : kWidth;
   std::string bar(fill, '#');
   bar.resize(kWidth, '.');
-  std::fprintf(stderr, "\r  [%s] prefill %zu/%zu  decode %zu/%zu  %.0fs ", bar.c_str(), p, total,
-               d, total, absl::ToDoubleSeconds(absl::Now() - start));
+  std::fprintf(stderr, "\r  [%s] prefill %zu/%zu  decode %zu/%zu  %.0fs ", bar.c_str(), p, total, d,
+               total, absl::ToDoubleSeconds(absl::Now() - start));
   std::fflush(stderr);
 }
 
@@ -572,9 +592,9 @@ int RunDemo(int argc, char** argv) {
   std::fprintf(stderr,
                "kvtier demo: %zu requests from %s, model %d layers x %d KV heads x D%d "
                "(%d q heads), %s, %s, server %s\n",
-               n, fs::path(f.trace).filename().c_str(), m.num_layers, m.num_kv_heads,
-               m.head_dim, m.num_q_heads, std::string(kernels::PresetName(m.preset)).c_str(),
-               codec_name, endpoint.c_str());
+               n, fs::path(f.trace).filename().c_str(), m.num_layers, m.num_kv_heads, m.head_dim,
+               m.num_q_heads, std::string(kernels::PresetName(m.preset)).c_str(), codec_name,
+               endpoint.c_str());
 
   Totals t;
   SharedKvCache kv_cache(m, static_cast<size_t>(f.kv_cache_mib) << 20);
@@ -679,12 +699,13 @@ int RunDemo(int argc, char** argv) {
   const double moved = static_cast<double>(t.put_bytes + t.get_bytes);
   const double moved_fp16 = static_cast<double>(t.put_fp16_bytes + t.get_fp16_bytes);
 
-  std::printf("\nkvtier demo: %zu requests, %s tokens, %d layers x %d KV heads x D%d, %s, %s\n",
-              n, absl::StrFormat("%.0f", in_tokens).c_str(), m.num_layers, m.num_kv_heads,
-              m.head_dim, std::string(kernels::PresetName(m.preset)).c_str(), codec_name);
+  std::printf("\nkvtier demo: %zu requests, %s tokens, %d layers x %d KV heads x D%d, %s, %s\n", n,
+              absl::StrFormat("%.0f", in_tokens).c_str(), m.num_layers, m.num_kv_heads, m.head_dim,
+              std::string(kernels::PresetName(m.preset)).c_str(), codec_name);
   std::printf("  %-30s %s\n", "metric", "value");
   std::printf("  %-30s %.1f %% (%llu of %.0f prompt tokens found by prefill Lookup)\n",
-              "token prefix hit rate", in_tokens > 0 ? 100.0 * t.prefill_hit_tokens / in_tokens : 0.0,
+              "token prefix hit rate",
+              in_tokens > 0 ? 100.0 * t.prefill_hit_tokens / in_tokens : 0.0,
               static_cast<unsigned long long>(t.prefill_hit_tokens.load()), in_tokens);
   std::printf("  %-30s %.1f %% of prompt tokens imported by decode\n", "decode import hit rate",
               in_tokens > 0 ? 100.0 * t.decode_hit_tokens / in_tokens : 0.0);
@@ -723,8 +744,7 @@ int RunDemo(int argc, char** argv) {
 
 }  // namespace
 
-KVTIER_REGISTER_COMMAND(demo, "demo",
-                        "end-to-end demo: trace replay through a local kvtier-server",
+KVTIER_REGISTER_COMMAND(demo, "demo", "end-to-end demo: trace replay through a local kvtier-server",
                         RunDemo);
 
 }  // namespace kvtier::tools

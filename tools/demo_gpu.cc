@@ -1,4 +1,6 @@
 // DemoGpu on CUDA: client/gpu Exporter/Importer and kernels/cuda DecodeAttention.
+#include "tools/demo_gpu.h"
+
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -11,7 +13,6 @@
 #include "common/status_macros.h"
 #include "kernels/cpu/half.h"
 #include "kernels/cuda/kvarn_cuda.h"
-#include "tools/demo_gpu.h"
 
 namespace kvtier::tools {
 namespace {
@@ -36,7 +37,9 @@ class DeviceBuffer {
     return absl::OkStatus();
   }
   template <typename T>
-  T* get() const { return static_cast<T*>(ptr_); }
+  T* get() const {
+    return static_cast<T*>(ptr_);
+  }
 
  private:
   void* ptr_ = nullptr;
@@ -86,10 +89,9 @@ class DemoGpuImpl : public DemoGpu {
     }
     std::vector<int32_t> ids(n);
     std::iota(ids.begin(), ids.end(), 0);
-    KVTIER_ASSIGN_OR_RETURN(
-        client::gpu::ExportStats s,
-        exporter_->Export(layers, client::gpu::CacheDType::kFloat16, ids,
-                          absl::MakeConstSpan(p.chain).first(n)));
+    KVTIER_ASSIGN_OR_RETURN(client::gpu::ExportStats s,
+                            exporter_->Export(layers, client::gpu::CacheDType::kFloat16, ids,
+                                              absl::MakeConstSpan(p.chain).first(n)));
     out.stored = s.stored;
     out.deduplicated = s.deduplicated;
     out.bytes_sent = s.bytes_sent;
@@ -106,8 +108,9 @@ class DemoGpuImpl : public DemoGpu {
     KVTIER_RETURN_IF_ERROR(fp16_.Reserve(fp16_page_ * nb * m_.num_layers));
     pages_.clear();
     for (int l = 0; l < m_.num_layers; ++l) {
-      pages_.push_back({tiles_.get<uint8_t>() + l * tile_page_ * nb, static_cast<int64_t>(tile_page_),
-                        fp16_.get<uint8_t>() + l * fp16_page_ * nb, static_cast<int64_t>(fp16_page_)});
+      pages_.push_back(
+          {tiles_.get<uint8_t>() + l * tile_page_ * nb, static_cast<int64_t>(tile_page_),
+           fp16_.get<uint8_t>() + l * fp16_page_ * nb, static_cast<int64_t>(fp16_page_)});
     }
     std::vector<int32_t> ids(nb);
     std::iota(ids.begin(), ids.end(), 0);
@@ -174,8 +177,7 @@ class DemoGpuImpl : public DemoGpu {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<DemoGpu>> DemoGpu::Create(client::Client* client,
-                                                         const DemoModel& m,
+absl::StatusOr<std::unique_ptr<DemoGpu>> DemoGpu::Create(client::Client* client, const DemoModel& m,
                                                          const std::string& ns) {
   if (m.head_dim != 128) {
     return absl::FailedPreconditionError("the GPU attention kernel supports head_dim 128");

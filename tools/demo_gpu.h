@@ -35,8 +35,7 @@ class DemoGpu {
 
   // kFailedPrecondition when this build has no CUDA or there is no device. `client` is
   // borrowed and must outlive the object.
-  static absl::StatusOr<std::unique_ptr<DemoGpu>> Create(client::Client* client,
-                                                         const DemoModel& m,
+  static absl::StatusOr<std::unique_ptr<DemoGpu>> Create(client::Client* client, const DemoModel& m,
                                                          const std::string& ns);
   virtual ~DemoGpu() = default;
 

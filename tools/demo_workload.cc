@@ -86,7 +86,7 @@ RequestPlan PlanRequest(const DemoModel& m, const TraceRequest& r, const std::st
 }
 
 absl::StatusOr<HashBlockKv> GenerateHashBlockKv(const DemoModel& m, int64_t hash_id, int layer,
-                                               bool first_in_prompt) {
+                                                bool first_in_prompt) {
   // The generator puts an attention sink at its token 0. Only the first block of a prompt
   // holds the real sink (a trace hash id always sits at the same position, so this stays a
   // function of the hash id): other blocks drop the generator's token 0.
@@ -118,8 +118,8 @@ absl::StatusOr<std::vector<uint8_t>> BuildBlockPayload(const DemoModel& m, const
   const bool sink = !tail && block < m.sink_blocks;
   PayloadHeader h;
   if (tail || sink) {
-    const uint8_t flags =
-        static_cast<uint8_t>((block == 0 ? kernels::kFlagSink : 0) | (tail ? kernels::kFlagTail : 0));
+    const uint8_t flags = static_cast<uint8_t>((block == 0 ? kernels::kFlagSink : 0) |
+                                               (tail ? kernels::kFlagTail : 0));
     h = kernels::MakeFp16Header(m.preset, m.head_dim, m.num_layers, m.num_kv_heads, n, flags);
   } else {
     h = kernels::MakeTilesHeader(m.preset, m.head_dim, m.num_layers, m.num_kv_heads);
@@ -138,10 +138,10 @@ absl::StatusOr<std::vector<uint8_t>> BuildBlockPayload(const DemoModel& m, const
       kernels::cpu::EncodeFp16Section(m.head_dim, m.num_kv_heads, n, src->k.data() + offset,
                                       src->v.data() + offset, reinterpret_cast<uint16_t*>(section));
     } else {
-      KVTIER_ASSIGN_OR_RETURN(std::vector<uint8_t> tiles,
-                              kernels::cpu::EncodeTiles(layout, m.num_kv_heads, g,
-                                                        src->k.data() + offset,
-                                                        src->v.data() + offset));
+      KVTIER_ASSIGN_OR_RETURN(
+          std::vector<uint8_t> tiles,
+          kernels::cpu::EncodeTiles(layout, m.num_kv_heads, g, src->k.data() + offset,
+                                    src->v.data() + offset));
       if (tiles.size() != h.layer_section_bytes) {
         return absl::InternalError("tile section size mismatch");
       }
@@ -299,7 +299,8 @@ absl::Status LocalServer::Start(const Options& options) {
     absl::SleepFor(absl::Milliseconds(50));
   }
   Stop();
-  return absl::UnavailableError(absl::StrCat("kvtier-server not ready after 30 s (log: ", log, ")"));
+  return absl::UnavailableError(
+      absl::StrCat("kvtier-server not ready after 30 s (log: ", log, ")"));
 }
 
 void LocalServer::Stop() {

@@ -31,17 +31,16 @@
 
 namespace kvtier::tools {
 
-
 // The model shard whose KV the demo moves.
 struct DemoModel {
-  int num_layers = 4;     // Default: 4.
-  int num_kv_heads = 8;   // Default: 8.
-  int num_q_heads = 32;   // Default: 32 (GQA groups of 4).
-  int head_dim = 128;     // Default: 128.
+  int num_layers = 4;                                // Default: 4.
+  int num_kv_heads = 8;                              // Default: 8.
+  int num_q_heads = 32;                              // Default: 32 (GQA groups of 4).
+  int head_dim = 128;                                // Default: 128.
   kernels::Preset preset = kernels::kDefaultPreset;  // Default: k4v2_g128.
-  int sink_blocks = 1;    // Leading blocks kept FP16. Default: 1.
+  int sink_blocks = 1;                               // Leading blocks kept FP16. Default: 1.
   int trace_block_tokens = 512;  // tokens per trace hash id. Default: 512 (Mooncake).
-  int max_tokens = 0;     // Cap on a request's prompt tokens; 0 = none. Default: 0.
+  int max_tokens = 0;            // Cap on a request's prompt tokens; 0 = none. Default: 0.
 
   int group_size() const { return kernels::GetPresetInfo(preset).group_size; }
   // FP16 bytes of `tokens` tokens of K and V over all layers and heads.
@@ -57,12 +56,12 @@ absl::Status ValidateModel(const DemoModel& m);
 
 // What a request looks like as codec blocks.
 struct RequestPlan {
-  int tokens = 0;       // prompt tokens after max_tokens
-  int full_blocks = 0;  // tokens / G
-  int tail_tokens = 0;  // tokens % G (one FP16 tail block when > 0)
-  std::vector<int64_t> hash_ids;            // the trace hash ids covering the tokens
-  std::vector<int32_t> token_ids;           // deterministic per (hash id, position)
-  std::vector<kernels::ChainHash> chain;    // one per block, tail included
+  int tokens = 0;                         // prompt tokens after max_tokens
+  int full_blocks = 0;                    // tokens / G
+  int tail_tokens = 0;                    // tokens % G (one FP16 tail block when > 0)
+  std::vector<int64_t> hash_ids;          // the trace hash ids covering the tokens
+  std::vector<int32_t> token_ids;         // deterministic per (hash id, position)
+  std::vector<kernels::ChainHash> chain;  // one per block, tail included
   int num_blocks() const { return static_cast<int>(chain.size()); }
   int BlockTokens(int block, int group_size) const {
     return block < full_blocks ? group_size : tail_tokens;
@@ -73,14 +72,14 @@ RequestPlan PlanRequest(const DemoModel& m, const TraceRequest& r, const std::st
 
 // Synthetic post-RoPE KV of one trace hash block and layer (kernels/cpu/synth.h), a pure
 // function of (hash_id, layer, model shape)
-// (a hash id always sits at the same prompt position, so first_in_prompt is one too): k, v [trace_block_tokens][Hk][D] fp32 holding
-// fp16 values, and one decode query q [Hq][D].
+// (a hash id always sits at the same prompt position, so first_in_prompt is one too): k, v
+// [trace_block_tokens][Hk][D] fp32 holding fp16 values, and one decode query q [Hq][D].
 struct HashBlockKv {
   std::vector<float> k, v, q;
 };
 // first_in_prompt: the block at position 0, which holds the attention sink token.
 absl::StatusOr<HashBlockKv> GenerateHashBlockKv(const DemoModel& m, int64_t hash_id, int layer,
-                                               bool first_in_prompt);
+                                                bool first_in_prompt);
 
 // Returns the KV of (hash block index within the request, layer); lets callers cache.
 using KvSource = std::function<absl::StatusOr<const HashBlockKv*>(int hash_index, int layer)>;
@@ -103,10 +102,10 @@ std::vector<double> RowRelativeErrors(const float* a, const std::vector<double>&
 class LocalServer {
  public:
   struct Options {
-    std::string binary;                  // path of kvtier-server
-    std::string data_dir;                // RocksDB directory; empty = RAM only
+    std::string binary;    // path of kvtier-server
+    std::string data_dir;  // RocksDB directory; empty = RAM only
     std::string memory_capacity = "2GiB";
-    std::string log_path;                // server stdout+stderr; empty = /dev/null
+    std::string log_path;  // server stdout+stderr; empty = /dev/null
     std::vector<std::string> extra_flags;
   };
   LocalServer() = default;

@@ -72,8 +72,7 @@ absl::Status ValidateTransferOptions(const TransferOptions& o) {
 }
 
 size_t TilesPayloadBytes(const TransferOptions& o) {
-  return kernels::MakeTilesHeader(o.preset, o.head_dim, o.num_layers, o.num_kv_heads)
-      .total_bytes();
+  return kernels::MakeTilesHeader(o.preset, o.head_dim, o.num_layers, o.num_kv_heads).total_bytes();
 }
 
 size_t Fp16PayloadBytes(const TransferOptions& o, int tokens) {
@@ -86,8 +85,8 @@ size_t Fp16PayloadBytes(const TransferOptions& o, int tokens) {
 // One staging slot: a batch of up to blocks_per_batch tile payloads on its way from the
 // compress kernel to a Put.
 struct Exporter::Slot {
-  uint8_t* device = nullptr;    // [batch][payload]
-  uint8_t* host = nullptr;      // pinned, same layout
+  uint8_t* device = nullptr;  // [batch][payload]
+  uint8_t* host = nullptr;    // pinned, same layout
   int32_t* device_ids = nullptr;
   int32_t* host_ids = nullptr;  // pinned
   cudaEvent_t copied = nullptr;
@@ -145,8 +144,7 @@ absl::Status Exporter::Init() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<ExportStats> Exporter::Export(absl::Span<const PagedLayer> layers,
-                                             CacheDType dtype,
+absl::StatusOr<ExportStats> Exporter::Export(absl::Span<const PagedLayer> layers, CacheDType dtype,
                                              absl::Span<const int32_t> block_ids,
                                              absl::Span<const ChainHash> chain) {
   const ExportOptions& o = options_;
@@ -175,8 +173,8 @@ absl::StatusOr<ExportStats> Exporter::Export(absl::Span<const PagedLayer> layers
   size_t first_tile = hit;
   for (size_t i = hit; i < chain.size() && i < static_cast<size_t>(o.sink_blocks); ++i) {
     first_tile = i + 1;
-    PayloadHeader h = kernels::MakeFp16Header(o.preset, o.head_dim, o.num_layers,
-                                              o.num_kv_heads, g, i == 0 ? kernels::kFlagSink : 0);
+    PayloadHeader h = kernels::MakeFp16Header(o.preset, o.head_dim, o.num_layers, o.num_kv_heads, g,
+                                              i == 0 ? kernels::kFlagSink : 0);
     std::vector<uint8_t> bytes(h.total_bytes());
     kernels::EncodeHeader(h, bytes.data());
     std::vector<uint16_t> raw_k(g * row), raw_v(g * row);
@@ -196,8 +194,10 @@ absl::StatusOr<ExportStats> Exporter::Export(absl::Span<const PagedLayer> layers
                                            row * esz, g, cudaMemcpyDeviceToHost, stream));
       KVTIER_CUDA_RETURN(cudaStreamSynchronize(stream));
       for (size_t x = 0; x < k.size(); ++x) {
-        k[x] = dtype == CacheDType::kFloat16 ? kernels::cpu::HalfToFloat(raw_k[x]) : Bf16ToFloat(raw_k[x]);
-        v[x] = dtype == CacheDType::kFloat16 ? kernels::cpu::HalfToFloat(raw_v[x]) : Bf16ToFloat(raw_v[x]);
+        k[x] = dtype == CacheDType::kFloat16 ? kernels::cpu::HalfToFloat(raw_k[x])
+                                             : Bf16ToFloat(raw_k[x]);
+        v[x] = dtype == CacheDType::kFloat16 ? kernels::cpu::HalfToFloat(raw_v[x])
+                                             : Bf16ToFloat(raw_v[x]);
       }
       kernels::cpu::EncodeFp16Section(
           o.head_dim, o.num_kv_heads, g, k.data(), v.data(),
@@ -213,7 +213,8 @@ absl::StatusOr<ExportStats> Exporter::Export(absl::Span<const PagedLayer> layers
 
   // Tiles: batches through the slot pool. Batch b is compressed (GPU) and copied while the
   // host seals batch b-1 and the client Puts it.
-  const PayloadHeader th = kernels::MakeTilesHeader(o.preset, o.head_dim, o.num_layers, o.num_kv_heads);
+  const PayloadHeader th =
+      kernels::MakeTilesHeader(o.preset, o.head_dim, o.num_layers, o.num_kv_heads);
   const size_t payload = th.total_bytes();
   absl::Status first_error;
   auto collect = [&](Slot& s) {
@@ -281,8 +282,8 @@ absl::StatusOr<ExportStats> Exporter::Export(absl::Span<const PagedLayer> layers
       c.dst_block_stride = static_cast<int64_t>(payload);
       KVTIER_CUDA_RETURN(kernels::cuda::Compress(c, stream));
     }
-    KVTIER_CUDA_RETURN(cudaMemcpyAsync(s.host, s.device, s.count * payload,
-                                       cudaMemcpyDeviceToHost, stream));
+    KVTIER_CUDA_RETURN(
+        cudaMemcpyAsync(s.host, s.device, s.count * payload, cudaMemcpyDeviceToHost, stream));
     KVTIER_CUDA_RETURN(cudaEventRecord(s.copied, stream));
     if (previous != nullptr) KVTIER_RETURN_IF_ERROR(seal_and_put(*previous));
     previous = &s;
@@ -348,9 +349,11 @@ absl::StatusOr<ImportResult> Importer::Import(absl::Span<const CompressedLayer> 
     return absl::InvalidArgumentError("one page id per chain block is required");
   }
   const int g = kernels::GetPresetInfo(o.preset).group_size;
-  const PayloadHeader tiles = kernels::MakeTilesHeader(o.preset, o.head_dim, o.num_layers, o.num_kv_heads);
+  const PayloadHeader tiles =
+      kernels::MakeTilesHeader(o.preset, o.head_dim, o.num_layers, o.num_kv_heads);
   for (const auto& l : layers) {
-    if (l.tile_pages == nullptr || l.tile_page_stride < static_cast<int64_t>(tiles.layer_section_bytes)) {
+    if (l.tile_pages == nullptr ||
+        l.tile_page_stride < static_cast<int64_t>(tiles.layer_section_bytes)) {
       return absl::InvalidArgumentError("tile pages missing or page stride too small");
     }
   }
@@ -367,7 +370,8 @@ absl::StatusOr<ImportResult> Importer::Import(absl::Span<const CompressedLayer> 
     auto done = std::make_shared<absl::Notification>();
     auto out = std::make_shared<std::vector<BlockResult>>();
     const size_t n = std::min(batch, hit - start);
-    client_->GetAsync(o.ns, o.part, std::vector<ChainHash>(chain.begin() + start, chain.begin() + start + n),
+    client_->GetAsync(o.ns, o.part,
+                      std::vector<ChainHash>(chain.begin() + start, chain.begin() + start + n),
                       [done, out](std::vector<BlockResult> r) {
                         *out = std::move(r);
                         done->Notify();
@@ -379,21 +383,30 @@ absl::StatusOr<ImportResult> Importer::Import(absl::Span<const CompressedLayer> 
   for (size_t start = 0; start < hit && !stop; start += batch) {
     pending.first->WaitForNotification();
     std::vector<BlockResult> got = std::move(*pending.second);
-    if (start + batch < hit) pending = fetch(start + batch);
-    else pending = {nullptr, nullptr};
+    if (start + batch < hit)
+      pending = fetch(start + batch);
+    else
+      pending = {nullptr, nullptr};
     uint8_t* dst = static_cast<uint8_t*>(pinned_);
     std::vector<int32_t> table;
     for (size_t j = 0; j < got.size(); ++j) {
       const BlockResult& r = got[j];
-      if (!r.hit) { stop = true; break; }
+      if (!r.hit) {
+        stop = true;
+        break;
+      }
       auto view = kernels::ValidatePayload(r.payload);
-      if (!view.ok()) { stop = true; break; }
+      if (!view.ok()) {
+        stop = true;
+        break;
+      }
       const PayloadHeader& h = view->header;
       const bool is_tiles = h.encoding == BlockEncoding::kTiles;
       if (h.preset != o.preset || h.head_dim != o.head_dim || h.num_layers != o.num_layers ||
           h.num_kv_heads != o.num_kv_heads ||
-          (!is_tiles && (layers[0].fp16_pages == nullptr ||
-                         layers[0].fp16_page_stride < static_cast<int64_t>(h.layer_section_bytes)))) {
+          (!is_tiles &&
+           (layers[0].fp16_pages == nullptr ||
+            layers[0].fp16_page_stride < static_cast<int64_t>(h.layer_section_bytes)))) {
         stop = true;  // not ours to attend over: a miss
         break;
       }
@@ -402,9 +415,9 @@ absl::StatusOr<ImportResult> Importer::Import(absl::Span<const CompressedLayer> 
       for (int l = 0; l < o.num_layers; ++l) {
         uint8_t* to = is_tiles ? layers[l].tile_pages + page * layers[l].tile_page_stride
                                : layers[l].fp16_pages + page * layers[l].fp16_page_stride;
-        KVTIER_CUDA_RETURN(cudaMemcpyAsync(
-            to, dst + kernels::kPayloadHeaderBytes + l * h.layer_section_bytes,
-            h.layer_section_bytes, cudaMemcpyHostToDevice, stream));
+        KVTIER_CUDA_RETURN(
+            cudaMemcpyAsync(to, dst + kernels::kPayloadHeaderBytes + l * h.layer_section_bytes,
+                            h.layer_section_bytes, cudaMemcpyHostToDevice, stream));
       }
       dst += r.payload.size();
       table.push_back(is_tiles ? page : -page - 1);

@@ -69,16 +69,16 @@ struct CompressedLayer {
 };
 
 struct TransferOptions {
-  std::string ns;           // block namespace. Required.
-  uint32_t part = 0;        // model shard (TP rank). Default: 0.
+  std::string ns;                                    // block namespace. Required.
+  uint32_t part = 0;                                 // model shard (TP rank). Default: 0.
   kernels::Preset preset = kernels::kDefaultPreset;  // Default: k4v2_g128.
-  int head_dim = 128;       // Default: 128.
-  int num_kv_heads = 0;     // Required (>= 1).
-  int num_layers = 0;       // Required (>= 1).
-  int sink_blocks = 1;      // leading chain blocks exported in FP16. Default: 1.
-  int device = 0;           // CUDA device. Default: 0.
-  int blocks_per_batch = 8; // blocks per compression / Put batch. Default: 8.
-  int pool_slots = 3;       // staging slots (batches in flight). Default: 3.
+  int head_dim = 128;                                // Default: 128.
+  int num_kv_heads = 0;                              // Required (>= 1).
+  int num_layers = 0;                                // Required (>= 1).
+  int sink_blocks = 1;       // leading chain blocks exported in FP16. Default: 1.
+  int device = 0;            // CUDA device. Default: 0.
+  int blocks_per_batch = 8;  // blocks per compression / Put batch. Default: 8.
+  int pool_slots = 3;        // staging slots (batches in flight). Default: 3.
 };
 
 using ExportOptions = TransferOptions;
@@ -122,8 +122,8 @@ class Exporter {
 };
 
 struct ImportResult {
-  size_t blocks = 0;   // leading blocks of the chain now in the cache
-  size_t tokens = 0;   // their tokens
+  size_t blocks = 0;  // leading blocks of the chain now in the cache
+  size_t tokens = 0;  // their tokens
   uint64_t bytes_received = 0;
   // One entry per imported block: tile page id (>= 0) or -(fp16 page id) - 1.
   std::vector<int32_t> block_table;
@@ -152,7 +152,7 @@ class Importer {
 
   Client* const client_;
   const ImportOptions options_;
-  absl::Mutex mu_;  // one Import at a time
+  absl::Mutex mu_;                               // one Import at a time
   void* pinned_ ABSL_GUARDED_BY(mu_) = nullptr;  // pinned host staging
   size_t pinned_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   void* stream_ = nullptr;  // cudaStream_t; constant after Init

@@ -24,7 +24,9 @@ bool HaveDevice() {
   return ok;
 }
 
-TEST(TransferOptionsTest, AcceptsQwen3Shapes) { EXPECT_TRUE(ValidateTransferOptions(Valid()).ok()); }
+TEST(TransferOptionsTest, AcceptsQwen3Shapes) {
+  EXPECT_TRUE(ValidateTransferOptions(Valid()).ok());
+}
 
 TEST(TransferOptionsTest, RejectsEachBadField) {
   auto expect_invalid = [](TransferOptions o) {

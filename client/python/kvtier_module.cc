@@ -38,8 +38,8 @@ PyObject* g_error = nullptr;  // kvtier.KvtierError, set at module init
 
 [[noreturn]] void Throw(const absl::Status& s) {
   py::object err = py::reinterpret_borrow<py::object>(g_error);
-  py::object e = err(std::string(absl::StatusCodeToString(s.code())) + ": " +
-                     std::string(s.message()));
+  py::object e =
+      err(std::string(absl::StatusCodeToString(s.code())) + ": " + std::string(s.message()));
   e.attr("code") = std::string(absl::StatusCodeToString(s.code()));
   PyErr_SetObject(g_error, e.ptr());
   throw py::error_already_set();
@@ -275,13 +275,14 @@ py::array_t<uint8_t> EncodeBlock(const py::handle& k_in, const py::handle& v_in,
     throw py::value_error("layers must be 1..1024 and kv_heads 1..256");
   }
   kernels::PayloadHeader h;
-  const uint8_t flags = static_cast<uint8_t>((sink ? kernels::kFlagSink : 0) |
-                                             (tail ? kernels::kFlagTail : 0));
+  const uint8_t flags =
+      static_cast<uint8_t>((sink ? kernels::kFlagSink : 0) | (tail ? kernels::kFlagTail : 0));
   if (encoding == "tiles") {
     if (tokens != g) throw py::value_error(absl::StrCat("a tiles block holds ", g, " tokens"));
     h = kernels::MakeTilesHeader(preset, dim, layers, heads, flags);
   } else if (encoding == "fp16") {
-    if (tokens < 1 || tokens > g) throw py::value_error(absl::StrCat("an fp16 block holds 1..", g, " tokens"));
+    if (tokens < 1 || tokens > g)
+      throw py::value_error(absl::StrCat("an fp16 block holds 1..", g, " tokens"));
     h = kernels::MakeFp16Header(preset, dim, layers, heads, tokens, flags);
   } else {
     throw py::value_error("encoding must be 'tiles' or 'fp16'");
@@ -344,7 +345,8 @@ py::tuple DecodeBlock(const py::buffer& payload) {
       const uint8_t* section = view->layer(l).data();
       for (int hd = 0; hd < heads; ++hd) {
         if (h.encoding == BlockEncoding::kTiles) {
-          kernels::cpu::DecodeTile(layout, section + hd * layout.record_bytes, kr.data(), vr.data());
+          kernels::cpu::DecodeTile(layout, section + hd * layout.record_bytes, kr.data(),
+                                   vr.data());
         } else {
           const uint8_t* base = section + static_cast<size_t>(hd) * 2 * tokens * dim * 2;
           for (size_t i = 0; i < kr.size(); ++i) {
@@ -458,30 +460,32 @@ PYBIND11_MODULE(_kvtier, m) {
       .def("health", &PyClient::Health)
       .def_property_readonly("endpoints", &PyClient::Endpoints);
 
-  m.def("chain_hashes",
-        [](const std::string& ns, const py::handle& tokens, int block_size, bool include_partial) {
-          if (block_size < 1) throw py::value_error("block_size must be >= 1");
-          std::vector<int32_t> t = kvtier::python::ToTokens(tokens);
-          py::list out;
-          for (const auto& h : kvtier::kernels::ChainHashes(ns, t, block_size, include_partial)) {
-            out.append(kvtier::python::HashBytes(h));
-          }
-          return out;
-        },
-        py::arg("namespace"), py::arg("tokens"), py::arg("block_size"),
-        py::arg("include_partial") = false,
-        "Chain hashes (32-byte bytes) of every full block of tokens.");
-  m.def("chain_seed",
-        [](const std::string& ns) { return HashBytes(kvtier::kernels::ChainSeed(ns)); },
-        py::arg("namespace"));
-  m.def("chain_next",
-        [](const py::handle& prev, const py::handle& tokens, const py::bytes& extra) {
-          std::string e = extra;
-          return HashBytes(kvtier::kernels::ChainNext(
-              ToHash(prev), ToTokens(tokens),
-              absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(e.data()), e.size())));
-        },
-        py::arg("prev"), py::arg("tokens"), py::arg("extra") = py::bytes(""));
+  m.def(
+      "chain_hashes",
+      [](const std::string& ns, const py::handle& tokens, int block_size, bool include_partial) {
+        if (block_size < 1) throw py::value_error("block_size must be >= 1");
+        std::vector<int32_t> t = kvtier::python::ToTokens(tokens);
+        py::list out;
+        for (const auto& h : kvtier::kernels::ChainHashes(ns, t, block_size, include_partial)) {
+          out.append(kvtier::python::HashBytes(h));
+        }
+        return out;
+      },
+      py::arg("namespace"), py::arg("tokens"), py::arg("block_size"),
+      py::arg("include_partial") = false,
+      "Chain hashes (32-byte bytes) of every full block of tokens.");
+  m.def(
+      "chain_seed", [](const std::string& ns) { return HashBytes(kvtier::kernels::ChainSeed(ns)); },
+      py::arg("namespace"));
+  m.def(
+      "chain_next",
+      [](const py::handle& prev, const py::handle& tokens, const py::bytes& extra) {
+        std::string e = extra;
+        return HashBytes(kvtier::kernels::ChainNext(
+            ToHash(prev), ToTokens(tokens),
+            absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(e.data()), e.size())));
+      },
+      py::arg("prev"), py::arg("tokens"), py::arg("extra") = py::bytes(""));
   m.def("encode_block", &EncodeBlock, py::arg("k"), py::arg("v"), py::arg("preset") = "k4v2_g128",
         py::arg("encoding") = "tiles", py::arg("sink") = false, py::arg("tail") = false,
         "Encodes k, v [layers][tokens][kv_heads][head_dim] into a block payload (numpy uint8).");
@@ -491,10 +495,16 @@ PYBIND11_MODULE(_kvtier, m) {
   m.def("attend", &Attend, py::arg("payloads"), py::arg("layer"), py::arg("q"),
         py::arg("softmax_scale") = py::none(),
         "Decode attention of q over one layer of the payloads, from the compressed bytes.");
-  m.def("group_size", [](const std::string& preset) {
-    return kvtier::kernels::GetPresetInfo(ParsePreset(preset)).group_size;
-  }, py::arg("preset") = "k4v2_g128");
-  m.def("record_bytes", [](const std::string& preset, int head_dim) {
-    return kvtier::kernels::MakeTileLayout(ParsePreset(preset), head_dim).record_bytes;
-  }, py::arg("preset"), py::arg("head_dim"));
+  m.def(
+      "group_size",
+      [](const std::string& preset) {
+        return kvtier::kernels::GetPresetInfo(ParsePreset(preset)).group_size;
+      },
+      py::arg("preset") = "k4v2_g128");
+  m.def(
+      "record_bytes",
+      [](const std::string& preset, int head_dim) {
+        return kvtier::kernels::MakeTileLayout(ParsePreset(preset), head_dim).record_bytes;
+      },
+      py::arg("preset"), py::arg("head_dim"));
 }

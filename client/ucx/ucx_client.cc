@@ -41,8 +41,8 @@ class UcxConnection::Impl {
     size_t data_bytes = 0;
     absl::Notification done;
 
-    absl::Status status;  // request-level result
-    v1::UcxResponse response;  // the final response (Lookup, Put, Delete)
+    absl::Status status;              // request-level result
+    v1::UcxResponse response;         // the final response (Lookup, Put, Delete)
     std::vector<UcxGetBlock> blocks;  // Get
     std::vector<bool> have;
     size_t received = 0;
@@ -94,8 +94,8 @@ class UcxConnection::Impl {
       if (s != UCS_OK) {
         ep_ = nullptr;
         broken_ = true;
-        return absl::UnavailableError(absl::StrCat("connecting to ", host, ":", port, ": ",
-                                                   ucs_status_string(s)));
+        return absl::UnavailableError(
+            absl::StrCat("connecting to ", host, ":", port, ": ", ucs_status_string(s)));
       }
       // A flush completes once the endpoint is wired up (or fails if it cannot be).
       connect_flush_ = UCS_INPROGRESS;
@@ -127,8 +127,8 @@ class UcxConnection::Impl {
         ucs_status_t why = ep_error_ != UCS_OK ? ep_error_ : connect_flush_;
         CloseEndpoint(/*force=*/true);
         broken_ = true;
-        return absl::UnavailableError(absl::StrCat("connecting to ", host, ":", port, ": ",
-                                                   ucs_status_string(why)));
+        return absl::UnavailableError(
+            absl::StrCat("connecting to ", host, ":", port, ": ", ucs_status_string(why)));
       }
       return absl::OkStatus();
     });
@@ -220,8 +220,8 @@ class UcxConnection::Impl {
     }
     auto* ctx = new SendCtx{this, p};
     ucp_request_param_t rp{};
-    rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
-                      UCP_OP_ATTR_FIELD_FLAGS;
+    rp.op_attr_mask =
+        UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
     rp.cb.send = &Impl::OnSendDone;
     rp.user_data = ctx;
     rp.flags = UCP_AM_SEND_FLAG_REPLY;
@@ -246,10 +246,10 @@ class UcxConnection::Impl {
     ucp_request_free(request);
     p->send_done = true;
     if (status != UCS_OK && p->status.ok()) {
-      p->status = status == UCS_ERR_CANCELED && absl::Now() >= p->deadline
-                      ? absl::DeadlineExceededError("UCX request deadline exceeded")
-                      : absl::UnavailableError(
-                            ucx::FromUcs(status, "sending UCX request").message());
+      p->status =
+          status == UCS_ERR_CANCELED && absl::Now() >= p->deadline
+              ? absl::DeadlineExceededError("UCX request deadline exceeded")
+              : absl::UnavailableError(ucx::FromUcs(status, "sending UCX request").message());
     }
     self->MaybeComplete(p);
   }
@@ -262,8 +262,8 @@ class UcxConnection::Impl {
     self->deferred_close_ = true;  // ucp_ep_close_nbx outside the callback
   }
 
-  static ucs_status_t OnResponseAm(void* arg, const void* header, size_t header_length,
-                                   void* data, size_t length, const ucp_am_recv_param_t* param) {
+  static ucs_status_t OnResponseAm(void* arg, const void* header, size_t header_length, void* data,
+                                   size_t length, const ucp_am_recv_param_t* param) {
     auto* self = static_cast<Impl*>(arg);
     bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
     v1::UcxResponse resp;
@@ -294,8 +294,8 @@ class UcxConnection::Impl {
     return ret;
   }
 
-  ucs_status_t OnGetResponse(const std::shared_ptr<Pending>& p, v1::UcxResponse& resp,
-                             void* data, size_t length, bool rndv) {
+  ucs_status_t OnGetResponse(const std::shared_ptr<Pending>& p, v1::UcxResponse& resp, void* data,
+                             size_t length, bool rndv) {
     if (resp.last()) p->last_seen = true;
     if (!resp.has_get()) {
       // A request-level answer: an error (or a protocol violation).
@@ -307,9 +307,9 @@ class UcxConnection::Impl {
     const v1::GetResponse& g = resp.get();
     uint32_t i = g.index();
     if (i >= p->blocks.size() || p->have[i]) {
-      p->status = absl::InternalError(
-          absl::StrCat("UCX Get response for block ", i, " of ", p->blocks.size(),
-                       " is out of order or repeated"));
+      p->status =
+          absl::InternalError(absl::StrCat("UCX Get response for block ", i, " of ",
+                                           p->blocks.size(), " is out of order or repeated"));
       return UCS_OK;
     }
     p->have[i] = true;
@@ -318,8 +318,7 @@ class UcxConnection::Impl {
       if (length > 0) {
         b.status = absl::DataLossError("UCX Get miss carries data");
       } else if (g.has_miss() && g.miss().code() != 0) {
-        b.status = absl::Status(static_cast<absl::StatusCode>(g.miss().code()),
-                                g.miss().message());
+        b.status = absl::Status(static_cast<absl::StatusCode>(g.miss().code()), g.miss().message());
       }  // else: a plain miss
       p->received++;
       return UCS_OK;
@@ -343,8 +342,8 @@ class UcxConnection::Impl {
     rp.cb.recv_am = &Impl::OnRecvDone;
     rp.user_data = ctx;
     p->receiving++;
-    ucs_status_ptr_t sp = ucp_am_recv_data_nbx(loop_->worker(), data, ctx->buf.data(),
-                                               ctx->buf.size(), &rp);
+    ucs_status_ptr_t sp =
+        ucp_am_recv_data_nbx(loop_->worker(), data, ctx->buf.data(), ctx->buf.size(), &rp);
     if (sp == nullptr) {
       FinishRecv(ctx, UCS_OK);
     } else if (UCS_PTR_IS_ERR(sp)) {
@@ -370,8 +369,8 @@ class UcxConnection::Impl {
     if (!p.completed) {
       UcxGetBlock& b = p.blocks[ctx->index];
       if (status != UCS_OK) {
-        b.status = absl::UnavailableError(
-            ucx::FromUcs(status, "receiving UCX Get block").message());
+        b.status =
+            absl::UnavailableError(ucx::FromUcs(status, "receiving UCX Get block").message());
       } else {
         SetBlock(b, std::move(ctx->buf), ctx->tier);
       }
@@ -382,8 +381,8 @@ class UcxConnection::Impl {
   static void SetBlock(UcxGetBlock& b, std::vector<uint8_t> bytes, v1::Tier tier) {
     absl::Status valid = kernels::ValidatePayload(bytes).status();
     if (!valid.ok()) {
-      b.status = absl::DataLossError(
-          absl::StrCat("received block failed validation: ", valid.message()));
+      b.status =
+          absl::DataLossError(absl::StrCat("received block failed validation: ", valid.message()));
       return;
     }
     b.payload = std::move(bytes);

@@ -75,8 +75,8 @@ class UcxConnection {
   // reached, kDeadlineExceeded after `timeout`, kInvalidArgument for an empty token or an
   // unresolvable host.
   static absl::StatusOr<std::unique_ptr<UcxConnection>> Connect(
-      const std::string& host, uint16_t port, std::string session_token,
-      absl::Duration timeout, const UcxConnectionOptions& options = UcxConnectionOptions());
+      const std::string& host, uint16_t port, std::string session_token, absl::Duration timeout,
+      const UcxConnectionOptions& options = UcxConnectionOptions());
 
   UcxConnection(const UcxConnection&) = delete;
   UcxConnection& operator=(const UcxConnection&) = delete;
@@ -97,8 +97,8 @@ class UcxConnection {
   // and later calls then see kDeadlineExceeded / kUnavailable).
   // STORED or DEDUPLICATED on success.
   absl::StatusOr<v1::PutResponse::Outcome> Put(absl::string_view ns,
-                                               const kernels::ChainHash& chain_hash,
-                                               uint32_t part, const uint8_t* payload, size_t n,
+                                               const kernels::ChainHash& chain_hash, uint32_t part,
+                                               const uint8_t* payload, size_t n,
                                                absl::Duration timeout = absl::ZeroDuration());
 
   // One UcxGetBlock per hash, in order. A request-level error (bad request, auth,
@@ -122,9 +122,10 @@ class UcxConnection {
   // Tests only: sends `header` verbatim as a request AM (with `data` as its AM data, which
   // must stay valid until the call returns) and collects every response whose request_id
   // is `request_id` until one has `last` set.
-  absl::StatusOr<std::vector<v1::UcxResponse>> RawRequestForTesting(
-      std::string header, uint64_t request_id, const uint8_t* data, size_t n,
-      absl::Duration timeout);
+  absl::StatusOr<std::vector<v1::UcxResponse>> RawRequestForTesting(std::string header,
+                                                                    uint64_t request_id,
+                                                                    const uint8_t* data, size_t n,
+                                                                    absl::Duration timeout);
 
  private:
   class Impl;

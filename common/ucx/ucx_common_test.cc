@@ -18,8 +18,7 @@ TEST(UcxStatusTest, OkAndInProgressAreNotErrors) {
 TEST(UcxStatusTest, PeerFailuresAreUnavailable) {
   EXPECT_EQ(FromUcs(UCS_ERR_CONNECTION_RESET, "send").code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(FromUcs(UCS_ERR_UNREACHABLE, "send").code(), absl::StatusCode::kUnavailable);
-  EXPECT_EQ(FromUcs(UCS_ERR_ENDPOINT_TIMEOUT, "send").code(),
-            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(FromUcs(UCS_ERR_ENDPOINT_TIMEOUT, "send").code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(FromUcs(UCS_ERR_REJECTED, "connect").code(), absl::StatusCode::kUnavailable);
 }
 
@@ -101,9 +100,10 @@ TEST(UcxLoopTest, PostFromManyThreadsWhileSleeping) {
     threads.emplace_back([&] {
       for (int i = 0; i < 50; ++i) {
         ASSERT_TRUE(loop->Call([&] {
-          ran++;
-          return absl::OkStatus();
-        }).ok());
+                          ran++;
+                          return absl::OkStatus();
+                        })
+                        .ok());
       }
     });
   }

@@ -20,9 +20,8 @@ absl::StatusOr<std::unique_ptr<UcxLoop>> UcxLoop::Start(const UcxLoopOptions& op
   std::unique_ptr<UcxLoop> loop(new UcxLoop(options, std::move(on_iteration)));
   absl::Status init_status;
   absl::Notification init_done;
-  loop->thread_ = std::thread([l = loop.get(), &init_status, &init_done] {
-    l->Main(&init_status, &init_done);
-  });
+  loop->thread_ = std::thread(
+      [l = loop.get(), &init_status, &init_done] { l->Main(&init_status, &init_done); });
   init_done.WaitForNotification();
   if (!init_status.ok()) {
     loop->thread_.join();  // Main returned right after a failed Init
@@ -40,8 +39,8 @@ absl::Status UcxLoop::Init() {
     ucs_status_t s = ucp_config_modify(config, name.c_str(), value.c_str());
     if (s != UCS_OK) {
       ucp_config_release(config);
-      return absl::InvalidArgumentError(absl::StrCat("UCX config ", name, "=", value, ": ",
-                                                     ucs_status_string(s)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("UCX config ", name, "=", value, ": ", ucs_status_string(s)));
     }
   }
   ucp_params_t params{};

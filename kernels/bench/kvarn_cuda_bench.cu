@@ -29,14 +29,13 @@ using kvtier::kernels::Preset;
 using kvtier::kernels::TileLayout;
 namespace kc = kvtier::kernels::cuda;
 
-#define CK(expr)                                                                     \
-  do {                                                                               \
-    const cudaError_t _e = (expr);                                                   \
-    if (_e != cudaSuccess) {                                                         \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr,             \
-                   cudaGetErrorString(_e));                                          \
-      std::exit(1);                                                                  \
-    }                                                                                \
+#define CK(expr)                                                                                 \
+  do {                                                                                           \
+    const cudaError_t _e = (expr);                                                               \
+    if (_e != cudaSuccess) {                                                                     \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(_e)); \
+      std::exit(1);                                                                              \
+    }                                                                                            \
   } while (0)
 
 __device__ __forceinline__ uint32_t Hash(uint64_t x) {
@@ -217,7 +216,8 @@ int main(int argc, char** argv) {
   struct Shape {
     int batch, ctx;
   };
-  const Shape shapes[] = {{1, 16384}, {8, 16384}, {32, 16384}, {8, 131072}, {64, 8192}, {128, 4096}};
+  const Shape shapes[] = {{1, 16384},  {8, 16384}, {32, 16384},
+                          {8, 131072}, {64, 8192}, {128, 4096}};
   std::mt19937 rng(7);
   std::printf("\n%-12s %10s %12s %10s %8s\n", "B x ctx", "ours_us", "comp_MB", "GB/s", "%read");
   for (int si = 0; si < 6; ++si) {

@@ -48,13 +48,13 @@ absl::StatusOr<SynthKv> GenerateSynthKv(const SynthOptions& options);
 // Attention statistics of a cache, over every (query, query head) row of softmax(q·k/√D)
 // (float64), to check the generator against published statistics of real models.
 struct SynthAttentionStats {
-  double logit_std = 0;        // mean over rows of the std of the non-sink logits
-  double logit_max_z = 0;      // mean over rows of (max non-sink logit − mean) / std
-  double sink_share = 0;       // mean attention weight of token 0
-  double eff_tokens = 0;       // median over rows of exp(entropy) of the full row
-  double eff_tokens_p10 = 0;   // 10th percentile of exp(entropy)
+  double logit_std = 0;          // mean over rows of the std of the non-sink logits
+  double logit_max_z = 0;        // mean over rows of (max non-sink logit − mean) / std
+  double sink_share = 0;         // mean attention weight of token 0
+  double eff_tokens = 0;         // median over rows of exp(entropy) of the full row
+  double eff_tokens_p10 = 0;     // 10th percentile of exp(entropy)
   double eff_tokens_nosink = 0;  // median exp(entropy) of the row renormalized without token 0
-  double participation = 0;    // median 1 / Σ p_t² over the non-sink renormalized row
+  double participation = 0;      // median 1 / Σ p_t² over the non-sink renormalized row
 };
 SynthAttentionStats MeasureSynthAttention(const SynthKv& kv);
 

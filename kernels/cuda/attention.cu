@@ -95,8 +95,7 @@ __device__ __forceinline__ uint32_t MovTrans(uint32_t x) {
 // D = A·B + D, m16n8k16, fp16 operands, fp32 accumulators.
 __device__ __forceinline__ void Mma(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                     uint32_t b0, uint32_t b1) {
-  asm(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
       "{%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
@@ -119,12 +118,12 @@ struct AttnShape {
   static constexpr TileLayout kL = MakeTileLayout(kPreset, D);
   static constexpr int kRecord = static_cast<int>(kL.record_bytes);
   static constexpr int kStageBytes = (kRecord + 127) / 128 * 128;
-  static constexpr int kKs = D / 16;         // k-steps of the score mma
-  static constexpr int kMt = G / 16;         // token m-tiles (= k-steps of the V mma)
-  static constexpr int kMv = D / 16;         // channel m-tiles of the V mma
+  static constexpr int kKs = D / 16;          // k-steps of the score mma
+  static constexpr int kMt = G / 16;          // token m-tiles (= k-steps of the V mma)
+  static constexpr int kMv = D / 16;          // channel m-tiles of the V mma
   static constexpr int kKRowChunks = G / 32;  // 16-byte chunks per K code row
   static constexpr int kVRowChunks = D * VB / 128;
-  static constexpr int kChPerChunk = 128 / VB;  // channels per V chunk
+  static constexpr int kChPerChunk = 128 / VB;   // channels per V chunk
   static constexpr int kNpc = kChPerChunk / 16;  // V m-tiles per chunk
   static constexpr int kVOffChunks = static_cast<int>(kL.v_codes_offset / 16);
   static constexpr int kKChunks = D * G / 32;
@@ -190,9 +189,10 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     const int n = idx / D, d = idx % D;
     int lim;
     const int row = col_row(n, lim);
-    q_s[n * S::kQPitch + d] = row >= 0 ? internal::LoadAsFloat(a.q, (static_cast<int64_t>(b) * rows_per_req + row) * D + d,
-                                                a.q_dtype)
-                        : 0.f;
+    q_s[n * S::kQPitch + d] =
+        row >= 0 ? internal::LoadAsFloat(
+                       a.q, (static_cast<int64_t>(b) * rows_per_req + row) * D + d, a.q_dtype)
+                 : 0.f;
   }
   __syncthreads();
   {
@@ -282,7 +282,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
 
   // Online softmax over one tile's scores s[MT][4] (rows g/g+8, cols 2tig/2tig+1);
   // replaces s by p and returns false when the tile contributes nothing.
-  auto softmax_update = [&](float (&s)[MT][4]) -> bool {
+  auto softmax_update = [&](float(&s)[MT][4]) -> bool {
     float tmax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
@@ -328,7 +328,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
   // out += s_col_V[d]·(vacc/f + zc) for this thread's channels (compressed tiles), or
   // out += vacc (FP16 tiles: scv == nullptr).
   // Phase A (K half): scores and the online softmax; s becomes p.
-  auto phase_a = [&](const uint8_t* rec, int ntok, int tok_base, float (&s)[MT][4]) {
+  auto phase_a = [&](const uint8_t* rec, int ntok, int tok_base, float(&s)[MT][4]) {
     const uint32_t rec_s = SmemAddr(rec);
     constexpr TileLayout L = S::kL;
     // Scores. Per k-step: q' = q_rot·s_col_K as an fp16 hi/lo pair (two MMAs, so the
@@ -406,7 +406,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     // Scale, bias, mask. Token of (mt = 2c+ip, row g) = 32c + 4g + 2ip, row g+8 = +1.
 #pragma unroll
     for (int c = 0; c < G / 32; ++c) {
-      const uint2 raw = *reinterpret_cast<const uint2*>(rec + L.s_row_k_offset + 2 * (32 * c + 4 * g));
+      const uint2 raw =
+          *reinterpret_cast<const uint2*>(rec + L.s_row_k_offset + 2 * (32 * c + 4 * g));
       const float2 r01 = UnpackHalf2(raw.x), r23 = UnpackHalf2(raw.y);
 #pragma unroll
       for (int ip = 0; ip < 2; ++ip) {
@@ -430,7 +431,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     softmax_update(s);
   };
   // Phase B (V half): p' = p·s_row_V, the V product and the output update.
-  auto phase_b = [&](const uint8_t* rec, float (&s)[MT][4]) {
+  auto phase_b = [&](const uint8_t* rec, float(&s)[MT][4]) {
     const uint32_t rec_s = SmemAddr(rec);
     constexpr TileLayout L = S::kL;
     // p' = p·s_row_V (fp16), P' = Σ p' (rounded values), Z = Σ (p'/s_row_V)·zp_V: the
@@ -439,7 +440,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     float psum[2] = {0.f, 0.f}, zsum[2] = {0.f, 0.f};
 #pragma unroll
     for (int c = 0; c < G / 32; ++c) {
-      const uint2 rs = *reinterpret_cast<const uint2*>(rec + L.s_row_v_offset + 2 * (32 * c + 4 * g));
+      const uint2 rs =
+          *reinterpret_cast<const uint2*>(rec + L.s_row_v_offset + 2 * (32 * c + 4 * g));
       const uint2 rz = *reinterpret_cast<const uint2*>(rec + L.zp_v_offset + 2 * (32 * c + 4 * g));
       const float2 s01 = UnpackHalf2(rs.x), s23 = UnpackHalf2(rs.y);
       const float2 z01 = UnpackHalf2(rz.x), z23 = UnpackHalf2(rz.y);
@@ -495,8 +497,10 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
 #pragma unroll
             for (int pi = 0; pi < 4; ++pi) {
               const uint32_t y0 = y[2 * cc], y1 = y[2 * cc + 1];
-              const uint32_t z0 = pi == 0 ? (y0 << 4) : (pi == 1 ? y0 : (pi == 2 ? (y0 >> 4) : (y0 >> 8)));
-              const uint32_t z1 = pi == 0 ? (y1 << 4) : (pi == 1 ? y1 : (pi == 2 ? (y1 >> 4) : (y1 >> 8)));
+              const uint32_t z0 =
+                  pi == 0 ? (y0 << 4) : (pi == 1 ? y0 : (pi == 2 ? (y0 >> 4) : (y0 >> 8)));
+              const uint32_t z1 =
+                  pi == 0 ? (y1 << 4) : (pi == 1 ? y1 : (pi == 2 ? (y1 >> 4) : (y1 >> 8)));
               const int mv = chunk * S::kNpc + pi;
               Mma(va[mv], (z0 & 0x00300030u) | kMagic, (z0 & 0x00C000C0u) | kMagic,
                   (z1 & 0x00300030u) | kMagic, (z1 & 0x00C000C0u) | kMagic, bb.x, bb.y);
@@ -621,8 +625,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
       phase_a(buf, ntok, j * G, s);
     } else {
       const uint8_t* page = a.fp16_pages + static_cast<int64_t>(-e - 1) * a.fp16_page_stride;
-      const __half* kp = reinterpret_cast<const __half*>(page) +
-                         static_cast<int64_t>(h) * 2 * ntok * D;
+      const __half* kp =
+          reinterpret_cast<const __half*>(page) + static_cast<int64_t>(h) * 2 * ntok * D;
       process_fp16(kp, kp + static_cast<int64_t>(ntok) * D, ntok, j * G,
                    reinterpret_cast<uint32_t*>(buf));
     }
@@ -643,10 +647,10 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     l_run[e] += __shfl_xor_sync(0xffffffffu, l_run[e], 8);
     l_run[e] += __shfl_xor_sync(0xffffffffu, l_run[e], 16);
   }
-  __syncthreads();  // stage buffers are free now
-  float* ms = reinterpret_cast<float*>(smem);    // [kWarps][8]
-  float* ls = ms + kWarps * 8;                   // [kWarps][8]
-  float* os = ls + kWarps * 8;                   // [kWarps][8][D]
+  __syncthreads();                             // stage buffers are free now
+  float* ms = reinterpret_cast<float*>(smem);  // [kWarps][8]
+  float* ls = ms + kWarps * 8;                 // [kWarps][8]
+  float* os = ls + kWarps * 8;                 // [kWarps][8][D]
   if (g == 0) {
     ms[warp * 8 + 2 * tig] = m_run[0];
     ms[warp * 8 + 2 * tig + 1] = m_run[1];
@@ -666,7 +670,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
   }
   __syncthreads();
   // Combined, normalized (rotated) output per column into q_s; lse (log2) per column.
-  float* res = q_s;  // [8][D]
+  float* res = q_s;                      // [8][D]
   float* col_lse = os + kWarps * 8 * D;  // [8] (past the per-warp outputs)
   for (int idx = tid; idx < 8 * D; idx += kWarps * 32) {
     const int n = idx / D, d = idx % D;
@@ -764,8 +768,8 @@ __global__ void __launch_bounds__(D) MergeKernel(const AttnArgs a) {
 // for GQA ratios up to 8 with one query token). Correct first; not tuned (the tensor-core
 // DecodeKernel is D=128 only).
 template <int D>
-__global__ void __launch_bounds__(kWarps * 32) GenericDecodeKernel(const AttnArgs a,
-                                                                   const TileLayout L) {
+__global__ void __launch_bounds__(kWarps * 32)
+    GenericDecodeKernel(const AttnArgs a, const TileLayout L) {
   constexpr int NT = kWarps * 32, kMaxG = 128, kPer = 8 * D / NT;
   __shared__ float q_s[8 * D];
   __shared__ float p_s[8 * kMaxG];
@@ -799,10 +803,10 @@ __global__ void __launch_bounds__(kWarps * 32) GenericDecodeKernel(const AttnArg
     const int n = idx / D, d = idx % D;
     int lim;
     const int row = col_row(n, lim);
-    q_s[idx] = row >= 0 ? internal::LoadAsFloat(
-                              a.q, (static_cast<int64_t>(b) * rows_per_req + row) * D + d,
-                              a.q_dtype)
-                        : 0.f;
+    q_s[idx] = row >= 0
+                   ? internal::LoadAsFloat(
+                         a.q, (static_cast<int64_t>(b) * rows_per_req + row) * D + d, a.q_dtype)
+                   : 0.f;
   }
   if (tid < 8) {
     int lim;
@@ -952,8 +956,7 @@ __global__ void __launch_bounds__(kWarps * 32) GenericDecodeKernel(const AttnArg
       const int64_t grow = static_cast<int64_t>(b) * rows_per_req + row;
       a.ws_o[(grow * a.num_splits + split) * D + d] = res[idx];
       if (d == 0) {
-        a.ws_lse[grow * a.num_splits + split] =
-            l_s[n] > 0.f ? m_s[n] + log2f(l_s[n]) : -INFINITY;
+        a.ws_lse[grow * a.num_splits + split] = l_s[n] > 0.f ? m_s[n] + log2f(l_s[n]) : -INFINITY;
       }
     }
     return;
@@ -1037,9 +1040,9 @@ SplitPlan PlanSplits(int batch, int num_kv_heads, int col_groups, int max_seq_le
 template <int D, int G, int VB>
 cudaError_t LaunchDecode(const AttnArgs& a, cudaStream_t stream) {
   using S = AttnShape<D, G, VB>;
-  cudaError_t e = cudaFuncSetAttribute(DecodeKernel<D, G, VB>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(S::kSmemBytes));
+  cudaError_t e =
+      cudaFuncSetAttribute(DecodeKernel<D, G, VB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(S::kSmemBytes));
   if (e != cudaSuccess) return e;
   const dim3 grid(a.num_splits, a.num_kv_heads * a.col_groups, a.batch);
   DecodeKernel<D, G, VB><<<grid, kWarps * 32, S::kSmemBytes, stream>>>(a);
@@ -1051,8 +1054,7 @@ cudaError_t LaunchDecode(const AttnArgs& a, cudaStream_t stream) {
 }
 
 template <int D>
-cudaError_t LaunchGenericDecode(const AttnArgs& a, const TileLayout& layout,
-                                cudaStream_t stream) {
+cudaError_t LaunchGenericDecode(const AttnArgs& a, const TileLayout& layout, cudaStream_t stream) {
   const dim3 grid(a.num_splits, a.num_kv_heads * a.col_groups, a.batch);
   GenericDecodeKernel<D><<<grid, kWarps * 32, 0, stream>>>(a, layout);
   cudaError_t e = cudaGetLastError();
@@ -1064,8 +1066,8 @@ cudaError_t LaunchGenericDecode(const AttnArgs& a, const TileLayout& layout,
 
 }  // namespace
 
-size_t DecodeAttentionWorkspaceBytes(int batch, int num_q_heads, int num_query_tokens,
-                                     int head_dim, int max_seq_len, Preset preset) {
+size_t DecodeAttentionWorkspaceBytes(int batch, int num_q_heads, int num_query_tokens, int head_dim,
+                                     int max_seq_len, Preset preset) {
   if (batch <= 0 || num_q_heads <= 0 || num_query_tokens <= 0 || !IsSupportedHeadDim(head_dim)) {
     return 0;
   }
@@ -1099,8 +1101,8 @@ cudaError_t DecodeAttention(const DecodeAttentionParams& p, cudaStream_t stream)
   a.batch = p.batch;
   a.packed = a.num_cols <= 4;
   const int g = GetPresetInfo(p.preset).group_size;
-  const SplitPlan plan = PlanSplits(p.batch, p.num_kv_heads, a.col_groups, p.max_seq_len, g,
-                                    p.force_num_splits);
+  const SplitPlan plan =
+      PlanSplits(p.batch, p.num_kv_heads, a.col_groups, p.max_seq_len, g, p.force_num_splits);
   a.num_splits = plan.num_splits;
   a.blocks_per_split = plan.blocks_per_split;
   a.scale_log2 = p.softmax_scale * kLog2e;
@@ -1130,10 +1132,14 @@ cudaError_t DecodeAttention(const DecodeAttentionParams& p, cudaStream_t stream)
     return LaunchGenericDecode<256>(a, MakeTileLayout(p.preset, 256), stream);
   }
   switch (p.preset) {
-    case Preset::kK4V2G128: return LaunchDecode<128, 128, 2>(a, stream);
-    case Preset::kK4V4G128: return LaunchDecode<128, 128, 4>(a, stream);
-    case Preset::kK4V2G64: return LaunchDecode<128, 64, 2>(a, stream);
-    case Preset::kK4V4G64: return LaunchDecode<128, 64, 4>(a, stream);
+    case Preset::kK4V2G128:
+      return LaunchDecode<128, 128, 2>(a, stream);
+    case Preset::kK4V4G128:
+      return LaunchDecode<128, 128, 4>(a, stream);
+    case Preset::kK4V2G64:
+      return LaunchDecode<128, 64, 2>(a, stream);
+    case Preset::kK4V4G64:
+      return LaunchDecode<128, 64, 4>(a, stream);
   }
   return cudaErrorInvalidValue;
 }

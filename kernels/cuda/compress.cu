@@ -5,11 +5,11 @@
 // registers (G * D / max(D, G) values per thread); the shared tile, token-major with an
 // odd pitch (D + 1 floats) so that one thread walking a row and one walking a column are
 // both bank-conflict-free, holds the current Y = (X / e^lc) / e^lr, rewritten once per
-// scale update, and the statistic sweeps read it without dividing. Thread i owns column i and row i of the quantized matrix and does
-// their sums sequentially, so the statistics are the CPU reference's bit for bit
-// (kernels/cpu/codec_internal.h "Arithmetic contract"; this file is built with
-// -fmad=false and uses __f*_rn intrinsics where it matters). The records match the CPU's
-// byte for byte, barring a difference between CUDA's and the host's double exp/log.
+// scale update, and the statistic sweeps read it without dividing. Thread i owns column i and row i
+// of the quantized matrix and does their sums sequentially, so the statistics are the CPU
+// reference's bit for bit (kernels/cpu/codec_internal.h "Arithmetic contract"; this file is built
+// with -fmad=false and uses __f*_rn intrinsics where it matters). The records match the CPU's byte
+// for byte, barring a difference between CUDA's and the host's double exp/log.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -80,10 +80,10 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
   constexpr int NT = S::kThreads, P = S::kPitch;
   constexpr int R = ROLE == 0 ? D : G;  // rows of the quantized matrix
   constexpr int C = ROLE == 0 ? G : D;  // columns
-  float* tile = smem;              // [G][P], token-major rotated fp32 tile
-  float* ec = tile + S::kTileFloats;  // [C] exp(lc)
-  float* er = ec + C;                 // [R] exp(lr)
-  float* red = er + R;                // [2][W][4] min/max partials (double-buffered)
+  float* tile = smem;                   // [G][P], token-major rotated fp32 tile
+  float* ec = tile + S::kTileFloats;    // [C] exp(lc)
+  float* er = ec + C;                   // [R] exp(lr)
+  float* red = er + R;                  // [2][W][4] min/max partials (double-buffered)
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t tile_index = blockIdx.x;
@@ -93,8 +93,7 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
   const int layer = static_cast<int>(li / a.num_blocks);
   const int64_t block = a.block_ids[entry];
   const void* src = a.src[ROLE];
-  const int64_t base =
-      layer * a.s_layer + block * a.s_block + static_cast<int64_t>(h) * a.s_head;
+  const int64_t base = layer * a.s_layer + block * a.s_block + static_cast<int64_t>(h) * a.s_head;
 
   // ---- 1. Load, convert, FWHT butterflies h = 1, 2, 4 (channels 8k..8k+7) ----
   constexpr int kChunks = G * D / 8;
@@ -102,8 +101,8 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
     const int t = k / (D / 8), c0 = (k % (D / 8)) * 8;
     float v[8];
     if (a.vector_ok) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(
-          static_cast<const uint16_t*>(src) + base + t * a.s_token + c0);
+      const uint4 raw = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(src) + base +
+                                                        t * a.s_token + c0);
       Unpack8(raw, a.dtype, v);
     } else {
 #pragma unroll
@@ -146,9 +145,7 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
 #pragma unroll
   for (int i = 0; i < E; ++i) x[i] = tile[xbase + i * kTs * P];
   // Y(r, c) of the quantized matrix, as stored in the tile.
-  auto Y = [&](int r, int c) -> float {
-    return ROLE == 0 ? tile[c * P + r] : tile[r * P + c];
-  };
+  auto Y = [&](int r, int c) -> float { return ROLE == 0 ? tile[c * P + r] : tile[r * P + c]; };
   // Column std of Y (thread tid < C), sequential over rows.
   auto col_std = [&]() -> float {
     const int c = tid;
@@ -305,8 +302,7 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
 }
 
 template <int D, int G>
-__global__ void __launch_bounds__(Shape<D, G>::kThreads)
-    CompressKernel(const CompressArgs a) {
+__global__ void __launch_bounds__(Shape<D, G>::kThreads) CompressKernel(const CompressArgs a) {
   extern __shared__ __align__(16) float smem[];
   if (blockIdx.y == 0) {
     CompressTile<D, G, 0>(a, smem);
@@ -318,12 +314,12 @@ __global__ void __launch_bounds__(Shape<D, G>::kThreads)
 template <int D, int G>
 cudaError_t LaunchCompress(const CompressArgs& a, int64_t tiles, cudaStream_t stream) {
   using S = Shape<D, G>;
-  cudaError_t e = cudaFuncSetAttribute(CompressKernel<D, G>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(S::kSmemBytes));
+  cudaError_t e =
+      cudaFuncSetAttribute(CompressKernel<D, G>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(S::kSmemBytes));
   if (e != cudaSuccess) return e;
-  CompressKernel<D, G><<<dim3(static_cast<unsigned>(tiles), 2), S::kThreads, S::kSmemBytes,
-                         stream>>>(a);
+  CompressKernel<D, G>
+      <<<dim3(static_cast<unsigned>(tiles), 2), S::kThreads, S::kSmemBytes, stream>>>(a);
   return cudaGetLastError();
 }
 
@@ -366,13 +362,17 @@ cudaError_t Compress(const CompressParams& p, cudaStream_t stream) {
   if (tiles > 0x7fffffff) return cudaErrorInvalidValue;
   const int g = a.layout.group_size;
   switch (p.head_dim) {
-    case 64: return g == 64 ? LaunchCompress<64, 64>(a, tiles, stream)
-                            : LaunchCompress<64, 128>(a, tiles, stream);
-    case 128: return g == 64 ? LaunchCompress<128, 64>(a, tiles, stream)
-                             : LaunchCompress<128, 128>(a, tiles, stream);
-    case 256: return g == 64 ? LaunchCompress<256, 64>(a, tiles, stream)
-                             : LaunchCompress<256, 128>(a, tiles, stream);
-    default: return cudaErrorInvalidValue;
+    case 64:
+      return g == 64 ? LaunchCompress<64, 64>(a, tiles, stream)
+                     : LaunchCompress<64, 128>(a, tiles, stream);
+    case 128:
+      return g == 64 ? LaunchCompress<128, 64>(a, tiles, stream)
+                     : LaunchCompress<128, 128>(a, tiles, stream);
+    case 256:
+      return g == 64 ? LaunchCompress<256, 64>(a, tiles, stream)
+                     : LaunchCompress<256, 128>(a, tiles, stream);
+    default:
+      return cudaErrorInvalidValue;
   }
 }
 

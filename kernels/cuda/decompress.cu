@@ -116,8 +116,8 @@ cudaError_t Decompress(const DecompressParams& p, cudaStream_t stream) {
   const int64_t tiles = static_cast<int64_t>(p.num_layers) * p.num_blocks * p.num_kv_heads;
   if (tiles > 0x7fffffff) return cudaErrorInvalidValue;
   const size_t smem = sizeof(float) * a.layout.group_size * a.layout.head_dim;
-  cudaError_t e = cudaFuncSetAttribute(DecompressKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem));
+  cudaError_t e = cudaFuncSetAttribute(
+      DecompressKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (e != cudaSuccess) return e;
   DecompressKernel<<<dim3(static_cast<unsigned>(tiles), 2), kThreads, smem, stream>>>(a);
   return cudaGetLastError();

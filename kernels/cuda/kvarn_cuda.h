@@ -52,10 +52,10 @@ enum class DType : int32_t { kFloat16 = 0, kBFloat16 = 1 };
 // rejects them).
 struct CompressParams {
   Preset preset = kDefaultPreset;
-  int head_dim = 128;      // D: 64, 128 or 256
-  int num_kv_heads = 0;    // Hk >= 1
-  int num_layers = 1;      // >= 1
-  int num_blocks = 0;      // entries in block_ids (0: nothing to do)
+  int head_dim = 128;    // D: 64, 128 or 256
+  int num_kv_heads = 0;  // Hk >= 1
+  int num_layers = 1;    // >= 1
+  int num_blocks = 0;    // entries in block_ids (0: nothing to do)
   DType dtype = DType::kFloat16;
   const void* k = nullptr;
   const void* v = nullptr;
@@ -150,8 +150,8 @@ struct DecodeAttentionParams {
 
 // Workspace for the split-K partials of a launch with these parameters (fixed for given
 // arguments, so a captured graph can reuse one buffer).
-size_t DecodeAttentionWorkspaceBytes(int batch, int num_q_heads, int num_query_tokens,
-                                     int head_dim, int max_seq_len, Preset preset);
+size_t DecodeAttentionWorkspaceBytes(int batch, int num_q_heads, int num_query_tokens, int head_dim,
+                                     int max_seq_len, Preset preset);
 
 cudaError_t DecodeAttention(const DecodeAttentionParams& p, cudaStream_t stream);
 

@@ -28,9 +28,9 @@ namespace {
 using cpu::FloatToHalf;
 using cpu::HalfToFloat;
 
-#define CUDA_OK(expr)                                                        \
-  do {                                                                       \
-    const cudaError_t _e = (expr);                                           \
+#define CUDA_OK(expr)                                                      \
+  do {                                                                     \
+    const cudaError_t _e = (expr);                                         \
     ASSERT_EQ(_e, cudaSuccess) << #expr << ": " << cudaGetErrorString(_e); \
   } while (0)
 
@@ -299,13 +299,15 @@ void RunCompressCase(const CompressCase& cc, uint32_t seed) {
       for (int h = 0; h < hk; ++h) {
         for (int t = 0; t < g; ++t) {
           for (int c = 0; c < d; ++c) {
-            const size_t src = lay * per_layer + ((static_cast<size_t>(ids[e]) * g + t) * hk + h) * d + c;
+            const size_t src =
+                lay * per_layer + ((static_cast<size_t>(ids[e]) * g + t) * hk + h) * d + c;
             kt[t * d + c] = kf[src];
             vt[t * d + c] = vf[src];
           }
         }
         ASSERT_TRUE(cpu::EncodeTile(l, kt.data(), vt.data(), ref.data()).ok());
-        const uint8_t* rec = got.data() + (static_cast<size_t>(lay) * entries + e) * hk * l.record_bytes +
+        const uint8_t* rec = got.data() +
+                             (static_cast<size_t>(lay) * entries + e) * hk * l.record_bytes +
                              static_cast<size_t>(h) * l.record_bytes;
         CompareRecords(l, rec, ref.data(), diff);
         ++records;
@@ -315,15 +317,17 @@ void RunCompressCase(const CompressCase& cc, uint32_t seed) {
     }
   }
   const double eq = static_cast<double>(diff.codes_equal) / diff.codes;
-  std::printf("%s D=%d %s pattern=%d: codes equal %.5f%%, off>1 %zu, scales >1ulp %zu/%zu "
-              "(s_col_K %zu zp_K %zu s_row_K %zu s_col_V %zu s_row_V %zu zp_V %zu)\n",
-              std::string(PresetName(cc.preset)).c_str(), d,
-              cc.dtype == DType::kFloat16 ? "fp16" : "bf16", cc.pattern, 100.0 * eq,
-              diff.codes_off_by_more, diff.scales_bad, diff.scales, diff.group_bad[0],
-              diff.group_bad[1], diff.group_bad[2], diff.group_bad[3], diff.group_bad[4],
-              diff.group_bad[5]);
-  std::printf("  records byte-identical %d/%d; decoded elements beyond 4e-3 of the tile max: "
-              "%zu/%zu\n", identical, records, diff.decoded_bad, diff.decoded);
+  std::printf(
+      "%s D=%d %s pattern=%d: codes equal %.5f%%, off>1 %zu, scales >1ulp %zu/%zu "
+      "(s_col_K %zu zp_K %zu s_row_K %zu s_col_V %zu s_row_V %zu zp_V %zu)\n",
+      std::string(PresetName(cc.preset)).c_str(), d, cc.dtype == DType::kFloat16 ? "fp16" : "bf16",
+      cc.pattern, 100.0 * eq, diff.codes_off_by_more, diff.scales_bad, diff.scales,
+      diff.group_bad[0], diff.group_bad[1], diff.group_bad[2], diff.group_bad[3], diff.group_bad[4],
+      diff.group_bad[5]);
+  std::printf(
+      "  records byte-identical %d/%d; decoded elements beyond 4e-3 of the tile max: "
+      "%zu/%zu\n",
+      identical, records, diff.decoded_bad, diff.decoded);
   // The tolerance: >= 99.9% of codes equal, none off by more than 1, every scale
   // field within 1 fp16 ulp (the kernel follows the CPU's arithmetic contract, so in
   // practice the records are identical).
@@ -413,7 +417,8 @@ TEST_F(KvarnCudaTest, DecompressMatchesCpuReference) {
         CUDA_OK(cudaMemcpy(gv.data(), dv.p, dv.bytes, cudaMemcpyDeviceToHost));
         size_t bad = 0;
         for (int h = 0; h < hk; ++h) {
-          cpu::DecompressTile(l, recs.data() + h * l.record_bytes, rk.data(), rv.data(), rotated != 0);
+          cpu::DecompressTile(l, recs.data() + h * l.record_bytes, rk.data(), rv.data(),
+                              rotated != 0);
           for (int t = 0; t < g; ++t) {
             for (int c = 0; c < d; ++c) {
               const size_t gi = (static_cast<size_t>(t) * hk + h) * d + c;
@@ -435,7 +440,7 @@ TEST_F(KvarnCudaTest, DecompressMatchesCpuReference) {
 
 struct Request {
   int seq_len;
-  bool sink_fp16;  // block 0 kept FP16
+  bool sink_fp16;           // block 0 kept FP16
   std::vector<float> k, v;  // [seq][Hk][D] (un-rotated)
 };
 
@@ -505,10 +510,12 @@ void RunAttnCase(const AttnCase& ac, uint32_t seed) {
               tv[t * d + c] = r.v[src];
             }
           }
-          ASSERT_TRUE(cpu::EncodeTile(l, tk.data(), tv.data(), page.data() + h * l.record_bytes).ok());
+          ASSERT_TRUE(
+              cpu::EncodeTile(l, tk.data(), tv.data(), page.data() + h * l.record_bytes).ok());
         }
         tile_pages.push_back(std::move(page));
-        table[static_cast<size_t>(b) * max_blocks + j] = static_cast<int32_t>(tile_pages.size() - 1);
+        table[static_cast<size_t>(b) * max_blocks + j] =
+            static_cast<int32_t>(tile_pages.size() - 1);
       }
     }
   }
@@ -518,7 +525,8 @@ void RunAttnCase(const AttnCase& ac, uint32_t seed) {
   std::shuffle(perm.begin(), perm.end(), rng);
   std::vector<uint8_t> tile_pool(std::max<size_t>(1, tile_pages.size()) * tile_page_bytes, 0xEE);
   for (size_t i = 0; i < tile_pages.size(); ++i) {
-    std::memcpy(tile_pool.data() + perm[i] * tile_page_bytes, tile_pages[i].data(), tile_page_bytes);
+    std::memcpy(tile_pool.data() + perm[i] * tile_page_bytes, tile_pages[i].data(),
+                tile_page_bytes);
   }
   for (auto& e : table) {
     if (e >= 0 && e != 0x7fffffff) e = perm[e];

@@ -15,9 +15,9 @@
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/status_macros.h"
 #include "common/ucx/ucx_status.h"
 #include "kvtier/v1/kvtier.pb.h"
@@ -43,8 +43,7 @@ absl::Status ValidateNamespace(absl::string_view ns) {
     bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
               c == '.' || c == '_' || c == ':' || c == '/' || c == '-';
     if (!ok) {
-      return absl::InvalidArgumentError(
-          "namespace may only contain [A-Za-z0-9._:/-]");
+      return absl::InvalidArgumentError("namespace may only contain [A-Za-z0-9._:/-]");
     }
   }
   if (absl::StrContains(ns, "..")) {
@@ -56,8 +55,8 @@ absl::Status ValidateNamespace(absl::string_view ns) {
 absl::StatusOr<kernels::ChainHash> ParseHash(const std::string& bytes, size_t index) {
   kernels::ChainHash h;
   if (bytes.size() != h.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("chain hash ", index, " is ", bytes.size(),
-                                                   " bytes; it must be 32"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("chain hash ", index, " is ", bytes.size(), " bytes; it must be 32"));
   }
   std::memcpy(h.data(), bytes.data(), h.size());
   return h;
@@ -67,8 +66,8 @@ absl::StatusOr<std::vector<kernels::ChainHash>> ParseChain(
     const google::protobuf::RepeatedPtrField<std::string>& hashes, size_t max_len) {
   if (hashes.empty()) return absl::InvalidArgumentError("chain_hashes is empty");
   if (static_cast<size_t>(hashes.size()) > max_len) {
-    return absl::InvalidArgumentError(absl::StrCat("chain has ", hashes.size(),
-                                                   " hashes; the limit is ", max_len));
+    return absl::InvalidArgumentError(
+        absl::StrCat("chain has ", hashes.size(), " hashes; the limit is ", max_len));
   }
   std::vector<kernels::ChainHash> chain;
   chain.reserve(hashes.size());
@@ -212,9 +211,8 @@ class UcxDataPlane::Impl {
       if (us != UCS_OK) {
         listener_ = nullptr;
         if (us == UCS_ERR_BUSY || us == UCS_ERR_IO_ERROR || us == UCS_ERR_UNREACHABLE) {
-          return absl::UnavailableError(absl::StrCat("cannot listen on ",
-                                                     options_.listen_address, ":",
-                                                     options_.port, ": ",
+          return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen_address,
+                                                     ":", options_.port, ": ",
                                                      ucs_status_string(us)));
         }
         return ucx::FromUcs(us, "ucp_listener_create");
@@ -352,11 +350,10 @@ class UcxDataPlane::Impl {
     self->conns_.erase(it);
   }
 
-  static ucs_status_t OnRequestAm(void* arg, const void* header, size_t header_length,
-                                  void* data, size_t length, const ucp_am_recv_param_t* param) {
+  static ucs_status_t OnRequestAm(void* arg, const void* header, size_t header_length, void* data,
+                                  size_t length, const ucp_am_recv_param_t* param) {
     auto* self = static_cast<Impl*>(arg);
-    ucp_ep_h ep = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ? param->reply_ep
-                                                                          : nullptr;
+    ucp_ep_h ep = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ? param->reply_ep : nullptr;
     auto it = self->conns_.find(ep);
     // Without a live endpoint there is nobody to answer: drop (rendezvous data too).
     if (it == self->conns_.end() || it->second->failed) return UCS_OK;
@@ -393,10 +390,9 @@ class UcxDataPlane::Impl {
 
   static void OnRecvDone(void* request, ucs_status_t status, size_t length, void* user_data) {
     auto* ctx = static_cast<RecvCtx*>(user_data);
-    ctx->self->deferred_.push_back(
-        [done = std::move(ctx->done), status]() mutable {
-          done(ucx::FromUcs(status, "receiving rendezvous data"));
-        });
+    ctx->self->deferred_.push_back([done = std::move(ctx->done), status]() mutable {
+      done(ucx::FromUcs(status, "receiving rendezvous data"));
+    });
     delete ctx;
     ucp_request_free(request);
   }
@@ -549,9 +545,9 @@ class UcxDataPlane::Impl {
     // limit). Never a Put.
     if (job.length == 0 || job.length > options_.max_request_bytes) {
       ReleaseData(job);
-      Fail(req, absl::InvalidArgumentError(
-                    absl::StrCat("request without header carries ", job.length,
-                                 " bytes; expected 1..", options_.max_request_bytes)));
+      Fail(req, absl::InvalidArgumentError(absl::StrCat("request without header carries ",
+                                                        job.length, " bytes; expected 1..",
+                                                        options_.max_request_bytes)));
       return;
     }
     if (job.rndv_desc == nullptr) {
@@ -639,25 +635,25 @@ class UcxDataPlane::Impl {
     auto chain = ParseChain(r.chain_hashes(), options_.max_chain_length);
     if (!chain.ok()) return Fail(req, chain.status());
     const auto requested = static_cast<uint32_t>(chain->size());
-    Offload<size_t>(
-        [this, ns = r.namespace_(), chain = std::move(*chain), part = r.part()] {
-          return store_->Lookup(ns, chain, part);
-        },
-        [this, req, ns = r.namespace_(), requested,
-         block_tokens = r.block_tokens()](size_t present) {
-          if (hooks_.on_lookup) {
-            hooks_.on_lookup(ns, requested, static_cast<uint32_t>(present), block_tokens);
-          }
-          v1::UcxResponse resp;
-          resp.mutable_lookup()->set_num_present(static_cast<uint32_t>(present));
-          resp.set_last(true);
-          Send(req, resp, nullptr);
-          Done(req);
-        });
+    Offload<size_t>([this, ns = r.namespace_(), chain = std::move(*chain),
+                     part = r.part()] { return store_->Lookup(ns, chain, part); },
+                    [this, req, ns = r.namespace_(), requested,
+                     block_tokens = r.block_tokens()](size_t present) {
+                      if (hooks_.on_lookup) {
+                        hooks_.on_lookup(ns, requested, static_cast<uint32_t>(present),
+                                         block_tokens);
+                      }
+                      v1::UcxResponse resp;
+                      resp.mutable_lookup()->set_num_present(static_cast<uint32_t>(present));
+                      resp.set_last(true);
+                      Send(req, resp, nullptr);
+                      Done(req);
+                    });
   }
 
-  absl::StatusOr<std::vector<BlockKey>> Keys(const std::string& ns, uint32_t part,
-                                             const google::protobuf::RepeatedPtrField<std::string>& hashes) {
+  absl::StatusOr<std::vector<BlockKey>> Keys(
+      const std::string& ns, uint32_t part,
+      const google::protobuf::RepeatedPtrField<std::string>& hashes) {
     KVTIER_ASSIGN_OR_RETURN(std::vector<kernels::ChainHash> chain,
                             ParseChain(hashes, options_.max_chain_length));
     std::vector<BlockKey> keys(chain.size());
@@ -739,9 +735,8 @@ class UcxDataPlane::Impl {
     auto hash = ParseHash(h.key().chain_hash(), 0);
     if (!hash.ok()) return reject(hash.status());
     if (h.payload_bytes() != job.length) {
-      return reject(absl::InvalidArgumentError(
-          absl::StrCat("put header says ", h.payload_bytes(), " payload bytes but ",
-                       job.length, " arrived")));
+      return reject(absl::InvalidArgumentError(absl::StrCat(
+          "put header says ", h.payload_bytes(), " payload bytes but ", job.length, " arrived")));
     }
     if (h.payload_bytes() < kernels::kPayloadHeaderBytes ||
         h.payload_bytes() > options_.max_payload_bytes) {
@@ -796,7 +791,9 @@ class UcxDataPlane::Impl {
       return Fail(req, header.status());
     }
     Offload<absl::StatusOr<storage::PutOutcome>>(
-        [this, key, bytes = std::move(bytes)]() mutable { return store_->Put(key, std::move(bytes)); },
+        [this, key, bytes = std::move(bytes)]() mutable {
+          return store_->Put(key, std::move(bytes));
+        },
         [this, req, ns = key.ns, budget](absl::StatusOr<storage::PutOutcome> outcome) {
           inflight_put_bytes_ -= budget;
           if (!outcome.ok()) {
@@ -866,7 +863,7 @@ class UcxDataPlane::Impl {
   const UcxDataPlaneOptions options_;
   storage::TieredStore* const store_;
   const UcxHooks hooks_;
-  absl::Mutex stop_mu_;  // serializes Stop callers
+  absl::Mutex stop_mu_;                 // serializes Stop callers
   std::unique_ptr<ucx::UcxLoop> loop_;  // set in Start, reset in Stop (under stop_mu_)
 
   // Loop thread only.

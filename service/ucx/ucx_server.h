@@ -47,8 +47,7 @@ struct UcxHooks {
   // OK, kUnauthenticated (unknown or expired token) or kPermissionDenied. Empty: every
   // non-empty token may read and write everything (a request without a token is always
   // kUnauthenticated).
-  std::function<absl::Status(absl::string_view session_token, absl::string_view ns,
-                             bool write)>
+  std::function<absl::Status(absl::string_view session_token, absl::string_view ns, bool write)>
       authorize;
   // Called once per finished request, when its last response has been sent (or failed):
   // method is "Lookup", "Put", "Get", "Delete" or "Unknown" (unparsable request); bytes
@@ -108,9 +107,9 @@ struct UcxDataPlaneOptions {
 // Counters since Start (for tests and debugging; metrics go through UcxHooks).
 struct UcxDataPlaneStats {
   uint64_t connections_accepted = 0;
-  uint64_t requests = 0;                // request AMs received
-  uint64_t rendezvous_receives = 0;     // request data pulled with ucp_am_recv_data_nbx
-  uint64_t rejected_before_receive = 0; // rendezvous data dropped because the header failed
+  uint64_t requests = 0;                 // request AMs received
+  uint64_t rendezvous_receives = 0;      // request data pulled with ucp_am_recv_data_nbx
+  uint64_t rejected_before_receive = 0;  // rendezvous data dropped because the header failed
 };
 
 // Thread-safe: see the file comment.
@@ -120,8 +119,9 @@ class UcxDataPlane {
   // data plane (Stop or destruction). Errors: kInvalidArgument for a bad listen address or
   // option, kUnavailable when the port cannot be bound, other UCX errors as mapped by
   // common/ucx/ucx_status.h.
-  static absl::StatusOr<std::unique_ptr<UcxDataPlane>> Start(
-      const UcxDataPlaneOptions& options, storage::TieredStore* store, UcxHooks hooks);
+  static absl::StatusOr<std::unique_ptr<UcxDataPlane>> Start(const UcxDataPlaneOptions& options,
+                                                             storage::TieredStore* store,
+                                                             UcxHooks hooks);
 
   UcxDataPlane(const UcxDataPlane&) = delete;
   UcxDataPlane& operator=(const UcxDataPlane&) = delete;

@@ -6,11 +6,10 @@
 #include <unistd.h>
 
 #include <cctype>
-#include <memory>
-#include <vector>
-
 #include <cstdio>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -51,14 +50,17 @@ double Number(const std::string& out, const std::string& label, const std::strin
   }
   while (pos < out.size() && out[pos] == ' ') ++pos;
   size_t end = pos;
-  while (end < out.size() && (std::isdigit(static_cast<unsigned char>(out[end])) || out[end] == '.')) ++end;
+  while (end < out.size() &&
+         (std::isdigit(static_cast<unsigned char>(out[end])) || out[end] == '.'))
+    ++end;
   double v = -1;
   if (!absl::SimpleAtod(out.substr(pos, end - pos), &v)) return -1;
   return v;
 }
 
 TEST(DemoTest, ReplaysTraceSliceWithHitsAndBoundedError) {
-  const RunResult r = RunDemo("--requests=6 --layers=2 --kv_heads=4 --q_heads=16 --max_tokens=1024");
+  const RunResult r =
+      RunDemo("--requests=6 --layers=2 --kv_heads=4 --q_heads=16 --max_tokens=1024");
   ASSERT_EQ(r.exit_code, 0) << r.out;
   // Requests 2..6 of the slice share trace hash id 0 (the first 512 tokens) with request 1.
   const double hit = Number(r.out, "token prefix hit rate");
@@ -86,8 +88,9 @@ TEST(DemoTest, ReplaysTraceSliceWithHitsAndBoundedError) {
 TEST(DemoTest, Fp16BlocksAreExact) {
   // Every block FP16 (sink policy covers all): attention matches exact FP16 attention up to
   // the rotation's fp16 rounding.
-  const RunResult r = RunDemo("--requests=2 --layers=1 --kv_heads=2 --q_heads=4 --max_tokens=640 "
-                              "--sink_blocks=100 --prefill_workers=1 --decode_workers=1");
+  const RunResult r = RunDemo(
+      "--requests=2 --layers=1 --kv_heads=2 --q_heads=4 --max_tokens=640 "
+      "--sink_blocks=100 --prefill_workers=1 --decode_workers=1");
   ASSERT_EQ(r.exit_code, 0) << r.out;
   const double mean_err = Number(r.out, "attention error vs FP16", "mean");
   EXPECT_GE(mean_err, 0.0) << r.out;

@@ -40,24 +40,26 @@ using client::gpu::CacheDType;
 
 absl::Status AsStatus(const absl::Status& s) { return s; }
 template <typename T>
-absl::Status AsStatus(const absl::StatusOr<T>& s) { return s.status(); }
+absl::Status AsStatus(const absl::StatusOr<T>& s) {
+  return s.status();
+}
 
-#define CK(x)                                                                        \
-  do {                                                                               \
-    cudaError_t e_ = (x);                                                            \
-    if (e_ != cudaSuccess) {                                                         \
+#define CK(x)                                                                                 \
+  do {                                                                                        \
+    cudaError_t e_ = (x);                                                                     \
+    if (e_ != cudaSuccess) {                                                                  \
       std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                  \
-    }                                                                                \
+      std::exit(1);                                                                           \
+    }                                                                                         \
   } while (0)
 
-#define OK(x)                                                               \
-  do {                                                                      \
-    absl::Status s_ = ::kvtier::AsStatus(x);                                                        \
-    if (!s_.ok()) {                                                         \
+#define OK(x)                                                                                    \
+  do {                                                                                           \
+    absl::Status s_ = ::kvtier::AsStatus(x);                                                     \
+    if (!s_.ok()) {                                                                              \
       std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, std::string(s_.message()).c_str()); \
-      std::exit(1);                                                         \
-    }                                                                       \
+      std::exit(1);                                                                              \
+    }                                                                                            \
   } while (0)
 
 struct Args {
@@ -77,8 +79,8 @@ struct Fp16Stats {
 Fp16Stats ExportFp16(client::Client& c, const std::string& ns, const Args& a,
                      const std::vector<client::gpu::PagedLayer>& layers, int blocks) {
   const int g = 128;
-  const kernels::PayloadHeader h = kernels::MakeFp16Header(kernels::kDefaultPreset, 128, a.layers,
-                                                           a.kv_heads, g, 0);
+  const kernels::PayloadHeader h =
+      kernels::MakeFp16Header(kernels::kDefaultPreset, 128, a.layers, a.kv_heads, g, 0);
   const size_t payload = h.total_bytes();
   const size_t block_bytes = static_cast<size_t>(g) * a.kv_heads * 128 * 2;  // K or V
   std::vector<int32_t> tokens(blocks * g);
@@ -105,8 +107,10 @@ Fp16Stats ExportFp16(client::Client& c, const std::string& ns, const Args& a,
       uint8_t* p = pinned[k] + j * payload;
       for (int l = 0; l < a.layers; ++l) {
         uint8_t* sec = p + kernels::kPayloadHeaderBytes + l * h.layer_section_bytes;
-        const auto* kb = static_cast<const uint16_t*>(layers[l].k) + (start + j) * layers[l].block_stride;
-        const auto* vb = static_cast<const uint16_t*>(layers[l].v) + (start + j) * layers[l].block_stride;
+        const auto* kb =
+            static_cast<const uint16_t*>(layers[l].k) + (start + j) * layers[l].block_stride;
+        const auto* vb =
+            static_cast<const uint16_t*>(layers[l].v) + (start + j) * layers[l].block_stride;
         CK(cudaMemcpyAsync(sec, kb, block_bytes, cudaMemcpyDeviceToHost, stream));
         CK(cudaMemcpyAsync(sec + block_bytes, vb, block_bytes, cudaMemcpyDeviceToHost, stream));
       }
@@ -146,22 +150,33 @@ int Main(int argc, char** argv) {
   Args a;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string f = argv[i], v = argv[i + 1];
-    if (f == "--server") a.server = v;
-    else if (f == "--layers") a.layers = std::atoi(v.c_str());
-    else if (f == "--kv_heads") a.kv_heads = std::atoi(v.c_str());
-    else if (f == "--q_heads") a.q_heads = std::atoi(v.c_str());
-    else if (f == "--tokens") a.tokens = std::atoi(v.c_str());
-    else if (f == "--reps") a.reps = std::atoi(v.c_str());
-    else if (f == "--batch") a.batch = std::atoi(v.c_str());
-    else { std::fprintf(stderr, "unknown flag %s\n", f.c_str()); return 2; }
+    if (f == "--server")
+      a.server = v;
+    else if (f == "--layers")
+      a.layers = std::atoi(v.c_str());
+    else if (f == "--kv_heads")
+      a.kv_heads = std::atoi(v.c_str());
+    else if (f == "--q_heads")
+      a.q_heads = std::atoi(v.c_str());
+    else if (f == "--tokens")
+      a.tokens = std::atoi(v.c_str());
+    else if (f == "--reps")
+      a.reps = std::atoi(v.c_str());
+    else if (f == "--batch")
+      a.batch = std::atoi(v.c_str());
+    else {
+      std::fprintf(stderr, "unknown flag %s\n", f.c_str());
+      return 2;
+    }
   }
   if (a.server.empty()) a.server = tools::DefaultServerBinary();
   const int g = 128, d = 128, blocks = a.tokens / g;
   a.tokens = blocks * g;
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("device: %s; prompt %d tokens (%d blocks), %d layers x %d KV heads x D%d, %d q heads\n",
-              prop.name, a.tokens, blocks, a.layers, a.kv_heads, d, a.q_heads);
+  std::printf(
+      "device: %s; prompt %d tokens (%d blocks), %d layers x %d KV heads x D%d, %d q heads\n",
+      prop.name, a.tokens, blocks, a.layers, a.kv_heads, d, a.q_heads);
 
   tools::LocalServer server;
   tools::LocalServer::Options so;
@@ -179,9 +194,12 @@ int Main(int argc, char** argv) {
 
   // Synthetic KV (one generated layer, heads rotated per layer) -> device paged caches.
   absl::Time t0 = absl::Now();
-  auto kv = kernels::cpu::GenerateSynthKv({.tokens = a.tokens, .num_kv_heads = a.kv_heads,
-                                           .num_q_heads = a.q_heads, .head_dim = d,
-                                           .num_queries = 1, .seed = 7});
+  auto kv = kernels::cpu::GenerateSynthKv({.tokens = a.tokens,
+                                           .num_kv_heads = a.kv_heads,
+                                           .num_q_heads = a.q_heads,
+                                           .head_dim = d,
+                                           .num_queries = 1,
+                                           .seed = 7});
   OK(kv.status());
   const size_t row = static_cast<size_t>(a.kv_heads) * d;
   const size_t layer_elems = static_cast<size_t>(a.tokens) * row;
@@ -240,12 +258,15 @@ int Main(int argc, char** argv) {
   const kernels::TileLayout tl = kernels::MakeTileLayout(o.preset, d);
   const size_t tile_page = a.kv_heads * tl.record_bytes, fp16_page = row * 2 * g * 2;
   uint8_t *tiles, *fp16;
-  CK(cudaMalloc(reinterpret_cast<void**>(&tiles), static_cast<size_t>(a.layers) * blocks * tile_page));
-  CK(cudaMalloc(reinterpret_cast<void**>(&fp16), static_cast<size_t>(a.layers) * blocks * fp16_page));
+  CK(cudaMalloc(reinterpret_cast<void**>(&tiles),
+                static_cast<size_t>(a.layers) * blocks * tile_page));
+  CK(cudaMalloc(reinterpret_cast<void**>(&fp16),
+                static_cast<size_t>(a.layers) * blocks * fp16_page));
   std::vector<client::gpu::CompressedLayer> pages;
   for (int l = 0; l < a.layers; ++l) {
-    pages.push_back({tiles + static_cast<size_t>(l) * blocks * tile_page, static_cast<int64_t>(tile_page),
-                     fp16 + static_cast<size_t>(l) * blocks * fp16_page, static_cast<int64_t>(fp16_page)});
+    pages.push_back(
+        {tiles + static_cast<size_t>(l) * blocks * tile_page, static_cast<int64_t>(tile_page),
+         fp16 + static_cast<size_t>(l) * blocks * fp16_page, static_cast<int64_t>(fp16_page)});
   }
 
   std::vector<double> ex_c, im_c, ex_f, im_f;
@@ -295,8 +316,9 @@ int Main(int argc, char** argv) {
     // Free the server's RAM before the next repetition.
     OK(c.Delete(fns, 0, fchain).status());
     OK(c.Delete(o.ns, 0, chain).status());
-    std::printf("rep %d: compressed export %.3f s import %.3f s | fp16 export %.3f s import %.3f s\n",
-                rep, ex_c.back(), im_c.back(), ex_f.back(), im_f.back());
+    std::printf(
+        "rep %d: compressed export %.3f s import %.3f s | fp16 export %.3f s import %.3f s\n", rep,
+        ex_c.back(), im_c.back(), ex_f.back(), im_f.back());
   }
   auto median = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
@@ -341,7 +363,8 @@ int Main(int argc, char** argv) {
   p.block_tables = dtable;
   p.block_table_stride = blocks;
   p.seq_lens = dlen;
-  p.workspace_bytes = kernels::cuda::DecodeAttentionWorkspaceBytes(1, a.q_heads, 1, d, a.tokens, p.preset);
+  p.workspace_bytes =
+      kernels::cuda::DecodeAttentionWorkspaceBytes(1, a.q_heads, 1, d, a.tokens, p.preset);
   CK(cudaMalloc(reinterpret_cast<void**>(&dws), std::max<size_t>(p.workspace_bytes, 16)));
   p.workspace = dws;
   std::vector<double> errs;
@@ -362,7 +385,8 @@ int Main(int argc, char** argv) {
       kf[i] = kernels::cpu::HalfToFloat(kernels::cpu::FloatToHalf(kf[i]));
       vf[i] = kernels::cpu::HalfToFloat(kernels::cpu::FloatToHalf(vf[i]));
     }
-    tools::ExactAttention(a.q_heads, a.kv_heads, d, a.tokens, kv->q.data(), kf.data(), vf.data(), &ref);
+    tools::ExactAttention(a.q_heads, a.kv_heads, d, a.tokens, kv->q.data(), kf.data(), vf.data(),
+                          &ref);
     auto e = tools::RowRelativeErrors(out.data(), ref, a.q_heads, d);
     errs.insert(errs.end(), e.begin(), e.end());
   }
@@ -374,14 +398,20 @@ int Main(int argc, char** argv) {
   const double gib = 1024.0 * 1024 * 1024;
   std::printf("\n| path | bytes | export (GPU -> server) | import (server -> GPU) | total |\n");
   std::printf("|---|---|---|---|---|\n");
-  std::printf("| KVarN k4v2_g128 (sink block FP16) | %.2f GiB | %.3f s (%.2f GiB/s) | %.3f s | %.3f s |\n",
-              bytes_c / gib, ec, bytes_c / gib / ec, ic, ec + ic);
+  std::printf(
+      "| KVarN k4v2_g128 (sink block FP16) | %.2f GiB | %.3f s (%.2f GiB/s) | %.3f s | %.3f s |\n",
+      bytes_c / gib, ec, bytes_c / gib / ec, ic, ec + ic);
   std::printf("| FP16 | %.2f GiB | %.3f s (%.2f GiB/s) | %.3f s | %.3f s |\n", bytes_f / gib, ef,
               bytes_f / gib / ef, iff, ef + iff);
-  std::printf("speedup (FP16 time / compressed time): export %.2fx, import %.2fx, total %.2fx; bytes %.2fx\n",
-              ef / ec, iff / ic, (ef + iff) / (ec + ic), static_cast<double>(bytes_f) / bytes_c);
-  std::printf("attention (fused GPU kernel over imported pages) vs exact FP16: relative L2 mean %.4f, max %.4f "
-              "(layers 0, %d, %d; %d q heads)\n", mean, mx, a.layers / 2, a.layers - 1, a.q_heads);
+  std::printf(
+      "speedup (FP16 time / compressed time): export %.2fx, import %.2fx, total %.2fx; bytes "
+      "%.2fx\n",
+      ef / ec, iff / ic, (ef + iff) / (ec + ic), static_cast<double>(bytes_f) / bytes_c);
+  std::printf(
+      "attention (fused GPU kernel over imported pages) vs exact FP16: relative L2 mean %.4f, max "
+      "%.4f "
+      "(layers 0, %d, %d; %d q heads)\n",
+      mean, mx, a.layers / 2, a.layers - 1, a.q_heads);
   server.Stop();
   return 0;
 }

@@ -65,9 +65,12 @@ class GpuTransferE2eTest : public ::testing::Test {
     std::vector<uint16_t> host_k(kLayers * kPhysBlocks * per_block, 0);
     std::vector<uint16_t> host_v(host_k.size(), 0);
     for (int l = 0; l < kLayers; ++l) {
-      auto kv = kernels::cpu::GenerateSynthKv({.tokens = kTokens, .num_kv_heads = kHeads,
-                                               .num_q_heads = kQHeads, .head_dim = kD,
-                                               .num_queries = 1, .seed = 40u + l});
+      auto kv = kernels::cpu::GenerateSynthKv({.tokens = kTokens,
+                                               .num_kv_heads = kHeads,
+                                               .num_q_heads = kQHeads,
+                                               .head_dim = kD,
+                                               .num_queries = 1,
+                                               .seed = 40u + l});
       ASSERT_TRUE(kv.ok());
       for (int b = 0; b < kBlocks; ++b) {
         for (size_t x = 0; x < per_block; ++x) {
@@ -151,7 +154,8 @@ TEST_F(GpuTransferE2eTest, ExportImportAttendMatchesCpuReference) {
   EXPECT_EQ(r->tokens, static_cast<size_t>(kTokens));
   EXPECT_EQ(r->block_table, (std::vector<int32_t>{-4, 1, 4, 0, 2}));  // block 0: FP16 sink
 
-  std::vector<uint8_t> host_tiles(kLayers * kTilePages * tile_page), host_fp16(kLayers * kFp16Pages * fp16_page);
+  std::vector<uint8_t> host_tiles(kLayers * kTilePages * tile_page),
+      host_fp16(kLayers * kFp16Pages * fp16_page);
   CUDA_OK(cudaMemcpy(host_tiles.data(), tiles, host_tiles.size(), cudaMemcpyDeviceToHost));
   CUDA_OK(cudaMemcpy(host_fp16.data(), fp16, host_fp16.size(), cudaMemcpyDeviceToHost));
   const size_t row = kHeads * kD;
@@ -159,7 +163,9 @@ TEST_F(GpuTransferE2eTest, ExportImportAttendMatchesCpuReference) {
     // The sink page holds exactly the CPU's FP16 section of block 0.
     std::vector<uint16_t> want(kHeads * 2 * kG * kD);
     kernels::cpu::EncodeFp16Section(kD, kHeads, kG, k_[l].data(), v_[l].data(), want.data());
-    EXPECT_EQ(std::memcmp(host_fp16.data() + (l * kFp16Pages + 3) * fp16_page, want.data(), fp16_page), 0);
+    EXPECT_EQ(
+        std::memcmp(host_fp16.data() + (l * kFp16Pages + 3) * fp16_page, want.data(), fp16_page),
+        0);
     // Tile pages decode to what the CPU codec's records decode to.
     for (int b = 1; b < kBlocks; ++b) {
       auto cpu = kernels::cpu::EncodeTiles(tl, kHeads, kG, k_[l].data() + b * kG * row,
@@ -184,15 +190,18 @@ TEST_F(GpuTransferE2eTest, ExportImportAttendMatchesCpuReference) {
     std::vector<kernels::cpu::BlockSection> sections;
     for (int b = 0; b < kBlocks; ++b) {
       const int32_t e = r->block_table[b];
-      sections.push_back(e >= 0 ? kernels::cpu::BlockSection{kernels::BlockEncoding::kTiles, kG,
-                                       host_tiles.data() + (l * kTilePages + e) * tile_page}
-                                : kernels::cpu::BlockSection{kernels::BlockEncoding::kFp16, kG,
-                                       host_fp16.data() + (l * kFp16Pages + (-e - 1)) * fp16_page});
+      sections.push_back(
+          e >= 0 ? kernels::cpu::BlockSection{kernels::BlockEncoding::kTiles, kG,
+                                              host_tiles.data() + (l * kTilePages + e) * tile_page}
+                 : kernels::cpu::BlockSection{
+                       kernels::BlockEncoding::kFp16, kG,
+                       host_fp16.data() + (l * kFp16Pages + (-e - 1)) * fp16_page});
     }
     const float scale = 1.0f / std::sqrt(static_cast<float>(kD));
     std::vector<float> ref(kQHeads * kD);
     ASSERT_TRUE(kernels::cpu::AttendReference(tl, kHeads, sections, q_[l].data(), kQHeads, scale,
-                                              ref.data(), nullptr).ok());
+                                              ref.data(), nullptr)
+                    .ok());
     std::vector<uint16_t> q16(kQHeads * kD);
     for (size_t i = 0; i < q16.size(); ++i) q16[i] = kernels::cpu::FloatToHalf(q_[l][i]);
     void *dq, *dout, *dws;
@@ -220,7 +229,8 @@ TEST_F(GpuTransferE2eTest, ExportImportAttendMatchesCpuReference) {
     a.block_tables = dtable;
     a.block_table_stride = kBlocks;
     a.seq_lens = dlen;
-    a.workspace_bytes = kernels::cuda::DecodeAttentionWorkspaceBytes(1, kQHeads, 1, kD, kTokens, a.preset);
+    a.workspace_bytes =
+        kernels::cuda::DecodeAttentionWorkspaceBytes(1, kQHeads, 1, kD, kTokens, a.preset);
     CUDA_OK(cudaMalloc(reinterpret_cast<void**>(&dws), std::max<size_t>(a.workspace_bytes, 16)));
     a.workspace = dws;
     CUDA_OK(kernels::cuda::DecodeAttention(a, nullptr));
@@ -244,7 +254,8 @@ TEST_F(GpuTransferE2eTest, ExportImportAttendMatchesCpuReference) {
   ASSERT_TRUE(partial.ok());
   EXPECT_EQ(partial->blocks, 2u);
   std::vector<uint8_t> after(tile_page);
-  CUDA_OK(cudaMemcpy(after.data(), tiles + page_ids[2] * tile_page, tile_page, cudaMemcpyDeviceToHost));
+  CUDA_OK(
+      cudaMemcpy(after.data(), tiles + page_ids[2] * tile_page, tile_page, cudaMemcpyDeviceToHost));
   EXPECT_TRUE(std::all_of(after.begin(), after.end(), [](uint8_t x) { return x == 0x5A; }));
   cudaFree(tiles);
   cudaFree(fp16);

@@ -33,7 +33,8 @@ TEST(AdminCliTest, PutLookupGetStatsHealthRoundTrip) {
   const std::string common = absl::StrCat("--endpoints=", s.endpoint(), " --ns=t/m/k4v2_g128/tp0");
   int rc = 0;
 
-  std::string out = RunCli(absl::StrCat("put ", common, " --hash=", h0, " --file=", d.File("blk.bin")), &rc);
+  std::string out =
+      RunCli(absl::StrCat("put ", common, " --hash=", h0, " --file=", d.File("blk.bin")), &rc);
   EXPECT_EQ(rc, 0) << out;
   EXPECT_EQ(out, "stored\n");
   out = RunCli(absl::StrCat("put ", common, " --hash=", h0, " --file=", d.File("blk.bin")), &rc);

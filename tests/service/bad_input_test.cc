@@ -183,7 +183,8 @@ TEST_F(BadInputTest, OutOfOrderStreamPartsAreInvalidArgument) {
   EXPECT_EQ(s.error_code(), grpc::INVALID_ARGUMENT);
   EXPECT_NE(s.error_message().find("chunk before any header"), std::string::npos);
   // A second header before the first block is complete.
-  s = PutRaw({Header(h[0], payload.size()), Chunk(payload.data(), 1000), Header(h[1], payload.size())});
+  s = PutRaw(
+      {Header(h[0], payload.size()), Chunk(payload.data(), 1000), Header(h[1], payload.size())});
   EXPECT_EQ(s.error_code(), grpc::INVALID_ARGUMENT);
   EXPECT_NE(s.error_message().find("before block 0's payload was complete"), std::string::npos)
       << s.error_message();
@@ -230,7 +231,7 @@ TEST_F(BadInputTest, HugeChainsBadHashesAndNamespacesAreInvalidArgument) {
   short_hash.add_chain_hashes(std::string(31, 'x'));
   check(short_hash, "31-byte hash");
   for (const std::string& ns : {std::string(""), std::string("a b"), std::string("x/../y"),
-                               std::string(300, 'n'), std::string("nul\0ns", 6)}) {
+                                std::string(300, 'n'), std::string("nul\0ns", 6)}) {
     v1::LookupRequest r;
     r.set_namespace_(ns);
     r.add_chain_hashes(std::string(32, 'h'));

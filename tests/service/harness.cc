@@ -214,8 +214,8 @@ std::vector<uint8_t> MakePayload(size_t approx_bytes, uint64_t seed) {
   const size_t section = size_t{13824} * heads;
   int layers = static_cast<int>((approx_bytes + section / 2) / section);
   layers = std::max(1, std::min(layers, 1024));
-  kernels::PayloadHeader h = kernels::MakeTilesHeader(kernels::Preset::kK4V2G128, 128, layers,
-                                                      heads);
+  kernels::PayloadHeader h =
+      kernels::MakeTilesHeader(kernels::Preset::kK4V2G128, 128, layers, heads);
   std::vector<uint8_t> bytes(kernels::kPayloadHeaderBytes + h.layer_section_bytes * layers);
   h.body_bytes = h.layer_section_bytes * layers;
   kernels::EncodeHeader(h, bytes.data());

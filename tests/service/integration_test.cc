@@ -84,15 +84,16 @@ TEST_P(ServiceClusterTest, PutThenGetReturnsExactBytesInRequestOrder) {
   ASSERT_NE(c, nullptr);
   const auto chain = RandomChain(24, 101 + static_cast<int>(GetParam()));
   std::vector<std::vector<uint8_t>> payloads;
-  for (size_t i = 0; i < chain.size(); ++i) payloads.push_back(MakePayload(40000 + 20000 * (i % 5), i + 7));
+  for (size_t i = 0; i < chain.size(); ++i)
+    payloads.push_back(MakePayload(40000 + 20000 * (i % 5), i + 7));
   auto put = c->Put(kNs, 0, Items(chain, payloads));
   ASSERT_TRUE(put.ok()) << put.status();
   ASSERT_EQ(put->size(), chain.size());
   for (PutOutcome o : *put) EXPECT_EQ(o, PutOutcome::kStored);
 
   // Ask in a different order with two unknown hashes mixed in.
-  std::vector<kernels::ChainHash> ask = {chain[5], RandomChain(1, 999)[0], chain[0], chain[23],
-                                         RandomChain(1, 998)[0], chain[11]};
+  std::vector<kernels::ChainHash> ask = {chain[5],  RandomChain(1, 999)[0], chain[0],
+                                         chain[23], RandomChain(1, 998)[0], chain[11]};
   std::vector<BlockResult> got = c->Get(kNs, 0, ask);
   ASSERT_EQ(got.size(), ask.size());
   const int expect_idx[] = {5, -1, 0, 23, -1, 11};
@@ -114,7 +115,8 @@ TEST_P(ServiceClusterTest, PutThenGetReturnsExactBytesInRequestOrder) {
 TEST_P(ServiceClusterTest, PlacementSpreadsBlocksAndEachBlockLivesOnItsShardOnly) {
   auto c = NewClient();
   ASSERT_NE(c, nullptr);
-  const std::string ns = std::string(kNs) + "/placement" + std::to_string(static_cast<int>(GetParam()));
+  const std::string ns =
+      std::string(kNs) + "/placement" + std::to_string(static_cast<int>(GetParam()));
   const auto chain = RandomChain(60, 202);
   std::vector<std::vector<uint8_t>> payloads;
   for (size_t i = 0; i < chain.size(); ++i) payloads.push_back(MakePayload(20000, 300 + i));
@@ -135,8 +137,8 @@ TEST_P(ServiceClusterTest, PlacementSpreadsBlocksAndEachBlockLivesOnItsShardOnly
     }
   }
   // A second client with the endpoints in another order places identically.
-  auto reversed = NewClient({(*servers_)[2]->endpoint(), (*servers_)[0]->endpoint(),
-                             (*servers_)[1]->endpoint()});
+  auto reversed = NewClient(
+      {(*servers_)[2]->endpoint(), (*servers_)[0]->endpoint(), (*servers_)[1]->endpoint()});
   for (const auto& h : chain) {
     EXPECT_EQ(reversed->endpoint(reversed->ShardOf(ns, h, 0)), c->endpoint(c->ShardOf(ns, h, 0)));
   }
@@ -184,7 +186,8 @@ TEST_P(ServiceClusterTest, DedupAcrossClients) {
 
 TEST_P(ServiceClusterTest, LookupAcrossShardsCountsTheLeadingPrefix) {
   auto c = NewClient();
-  const std::string ns = std::string(kNs) + "/lookup" + std::to_string(static_cast<int>(GetParam()));
+  const std::string ns =
+      std::string(kNs) + "/lookup" + std::to_string(static_cast<int>(GetParam()));
   const auto chain = RandomChain(40, 505);
   std::vector<std::vector<uint8_t>> payloads;
   for (size_t i = 0; i < chain.size(); ++i) payloads.push_back(MakePayload(15000, 600 + i));

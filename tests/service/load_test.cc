@@ -76,7 +76,8 @@ TEST(LoadTest, SixtyFourClientsForThreeSecondsWithoutErrorsAndBoundedMemory) {
           continue;
         }
         std::vector<PutItem> items;
-        for (size_t b = *hit; b < shared[p].size(); ++b) items.push_back({shared[p][b], shared_payloads[p][b]});
+        for (size_t b = *hit; b < shared[p].size(); ++b)
+          items.push_back({shared[p][b], shared_payloads[p][b]});
         if (!items.empty()) {
           auto r = (*c)->Put(ns, 0, items);
           if (!r.ok()) note(r.status());
@@ -109,9 +110,10 @@ TEST(LoadTest, SixtyFourClientsForThreeSecondsWithoutErrorsAndBoundedMemory) {
   for (auto& th : threads) th.join();
   const double secs = absl::ToDoubleSeconds(absl::Now() - start);
   for (auto& s : servers) peak_rss = std::max(peak_rss, s->RssKiB());
-  std::printf("load: %d clients, %.1f s, %llu ops (%.0f ops/s), %.1f MB read, peak server RSS %ld MiB\n",
-              kClients, secs, static_cast<unsigned long long>(ops.load()), ops / secs,
-              bytes / 1e6, peak_rss / 1024);
+  std::printf(
+      "load: %d clients, %.1f s, %llu ops (%.0f ops/s), %.1f MB read, peak server RSS %ld MiB\n",
+      kClients, secs, static_cast<unsigned long long>(ops.load()), ops / secs, bytes / 1e6,
+      peak_rss / 1024);
   EXPECT_EQ(errors.load(), 0u);
   for (const auto& e : error_samples) ADD_FAILURE() << "error: " << e;
   EXPECT_EQ(wrong.load(), 0u);

@@ -65,34 +65,38 @@ TEST(ObservabilityTest, MetricsOfARunningServerPassPromtoolAndNameTheContractSer
   auto m = s.HttpGet("/metrics");
   ASSERT_TRUE(m.ok());
   const std::string& text = m->second;
-  for (const char* series : {
-           "kvtier_lookup_requests_total{namespace=\"tenantA/obs/k4v2_g128/tp0\",transport=\"grpc\"} 1",
-           "kvtier_lookup_blocks_total{namespace=\"tenantA/obs/k4v2_g128/tp0\",result=\"hit\"} 2",
-           "kvtier_lookup_blocks_total{namespace=\"tenantA/obs/k4v2_g128/tp0\",result=\"miss\"} 2",
-           "kvtier_lookup_tokens_total{namespace=\"tenantA/obs/k4v2_g128/tp0\",result=\"hit\"} 256",
-           "kvtier_put_blocks_total{namespace=\"tenantA/obs/k4v2_g128/tp0\",result=\"stored\"} 2",
-           "kvtier_put_blocks_total{namespace=\"tenantA/obs/k4v2_g128/tp0\",result=\"deduplicated\"} 2",
-           "kvtier_get_blocks_total{tier=\"memory\",result=\"hit\"} 2",
-           "kvtier_get_blocks_total{tier=\"none\",result=\"miss\"} 2",
-           "kvtier_stored_blocks{tier=\"memory\"} 2",
-           "kvtier_capacity_bytes{tier=\"memory\"} 1073741824",
-           "kvtier_requests_total{method=\"Lookup\",transport=\"grpc\",code=\"INVALID_ARGUMENT\"} 1",
-           "kvtier_requests_total{method=\"Put\",transport=\"grpc\",code=\"OK\"} 2",
-           "kvtier_request_duration_seconds_count{method=\"Get\",transport=\"grpc\"} 1",
-           "kvtier_request_duration_seconds_bucket{method=\"Get\",transport=\"grpc\",le=\"+Inf\"} 1",
-           "kvtier_transfer_bytes_total{transport=\"grpc\",direction=\"out\"}",
-           "kvtier_inflight_requests{transport=\"grpc\"} 0",
-           "kvtier_build_info{version=\"0.1.0\"} 1",
-           "# TYPE kvtier_evictions_total counter",
-           "# TYPE kvtier_dedup_saved_bytes_total counter",
-           "# TYPE kvtier_corrupt_blocks_dropped_total counter",
-       }) {
+  for (
+      const char* series : {
+          "kvtier_lookup_requests_total{namespace=\"tenantA/obs/k4v2_g128/"
+          "tp0\",transport=\"grpc\"} 1",
+          "kvtier_lookup_blocks_total{namespace=\"tenantA/obs/k4v2_g128/tp0\",result=\"hit\"} 2",
+          "kvtier_lookup_blocks_total{namespace=\"tenantA/obs/k4v2_g128/tp0\",result=\"miss\"} 2",
+          "kvtier_lookup_tokens_total{namespace=\"tenantA/obs/k4v2_g128/tp0\",result=\"hit\"} 256",
+          "kvtier_put_blocks_total{namespace=\"tenantA/obs/k4v2_g128/tp0\",result=\"stored\"} 2",
+          "kvtier_put_blocks_total{namespace=\"tenantA/obs/k4v2_g128/"
+          "tp0\",result=\"deduplicated\"} 2",
+          "kvtier_get_blocks_total{tier=\"memory\",result=\"hit\"} 2",
+          "kvtier_get_blocks_total{tier=\"none\",result=\"miss\"} 2",
+          "kvtier_stored_blocks{tier=\"memory\"} 2",
+          "kvtier_capacity_bytes{tier=\"memory\"} 1073741824",
+          "kvtier_requests_total{method=\"Lookup\",transport=\"grpc\",code=\"INVALID_ARGUMENT\"} 1",
+          "kvtier_requests_total{method=\"Put\",transport=\"grpc\",code=\"OK\"} 2",
+          "kvtier_request_duration_seconds_count{method=\"Get\",transport=\"grpc\"} 1",
+          "kvtier_request_duration_seconds_bucket{method=\"Get\",transport=\"grpc\",le=\"+Inf\"} 1",
+          "kvtier_transfer_bytes_total{transport=\"grpc\",direction=\"out\"}",
+          "kvtier_inflight_requests{transport=\"grpc\"} 0",
+          "kvtier_build_info{version=\"0.1.0\"} 1",
+          "# TYPE kvtier_evictions_total counter",
+          "# TYPE kvtier_dedup_saved_bytes_total counter",
+          "# TYPE kvtier_corrupt_blocks_dropped_total counter",
+      }) {
     EXPECT_NE(text.find(series), std::string::npos) << "missing: " << series << "\n" << text;
   }
   TempDir d;
   WriteFile(d.File("metrics.txt"), text);
   int rc = 0;
-  const std::string out = RunCapture("/usr/bin/promtool check metrics < " + d.File("metrics.txt"), &rc);
+  const std::string out =
+      RunCapture("/usr/bin/promtool check metrics < " + d.File("metrics.txt"), &rc);
   EXPECT_EQ(rc, 0) << out;
 
   // SIGTERM: drain, flush, exit 0.
@@ -142,7 +146,8 @@ TEST(ObservabilityTest, PrometheusScrapesTheServerAndComputesTheTokenHitRatio) {
   WriteFile(d.File("prometheus.yml"),
             absl::StrCat("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
                          "scrape_configs:\n  - job_name: kvtier\n    static_configs:\n"
-                         "      - targets: ['127.0.0.1:", s.http_port(), "']\n"));
+                         "      - targets: ['127.0.0.1:",
+                         s.http_port(), "']\n"));
   const pid_t prom = fork();
   ASSERT_GE(prom, 0);
   if (prom == 0) {
@@ -175,10 +180,10 @@ TEST(ObservabilityTest, PrometheusScrapesTheServerAndComputesTheTokenHitRatio) {
     }
   }
   // The instantaneous totals give the exact ratio.
-  auto exact = PromQuery(prom_port,
-                         "sum(kvtier_lookup_tokens_total{result=\"hit\",namespace=\"" +
-                             std::string(kNs) + "\"}) / sum(kvtier_lookup_tokens_total{namespace=\"" +
-                             std::string(kNs) + "\"})");
+  auto exact = PromQuery(prom_port, "sum(kvtier_lookup_tokens_total{result=\"hit\",namespace=\"" +
+                                        std::string(kNs) +
+                                        "\"}) / sum(kvtier_lookup_tokens_total{namespace=\"" +
+                                        std::string(kNs) + "\"})");
   kill(prom, SIGTERM);
   int st = 0;
   waitpid(prom, &st, 0);

@@ -31,17 +31,20 @@ void MakeCerts(const TempDir& d) {
   const std::string p = d.path() + "/";
   const std::string ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
   ASSERT_EQ(Sh("openssl req -x509 " + ec + " -keyout " + p + "ca.key -out " + p +
-               "ca.pem -days 2 -subj /CN=kvtier-test-ca"), 0);
+               "ca.pem -days 2 -subj /CN=kvtier-test-ca"),
+            0);
   ASSERT_EQ(Sh("openssl req -x509 " + ec + " -keyout " + p + "evil-ca.key -out " + p +
-               "evil-ca.pem -days 2 -subj /CN=untrusted-ca"), 0);
+               "evil-ca.pem -days 2 -subj /CN=untrusted-ca"),
+            0);
   WriteFile(p + "server.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
   WriteFile(p + "client.ext", "extendedKeyUsage=clientAuth\n");
   auto issue = [&](const std::string& name, const std::string& ca, const std::string& ext) {
     ASSERT_EQ(Sh("openssl req -new " + ec + " -keyout " + p + name + ".key -out " + p + name +
-                 ".csr -subj /CN=" + name), 0);
-    ASSERT_EQ(Sh("openssl x509 -req -in " + p + name + ".csr -CA " + p + ca + ".pem -CAkey " +
-                 p + ca + ".key -CAcreateserial -days 2 -out " + p + name + ".pem -extfile " + p +
-                 ext), 0);
+                 ".csr -subj /CN=" + name),
+              0);
+    ASSERT_EQ(Sh("openssl x509 -req -in " + p + name + ".csr -CA " + p + ca + ".pem -CAkey " + p +
+                 ca + ".key -CAcreateserial -days 2 -out " + p + name + ".pem -extfile " + p + ext),
+              0);
   };
   issue("server", "ca", "server.ext");
   issue("client", "ca", "client.ext");
@@ -130,8 +133,10 @@ TEST_F(SecurityTest, BearerTokensMapToNamespacePrefixesAndRights) {
   // The server still serves after all the rejections.
   auto ok = s.HttpGet("/metrics");
   ASSERT_TRUE(ok.ok());
-  EXPECT_NE(ok->second.find("kvtier_requests_total{method=\"Put\",transport=\"grpc\",code=\"PERMISSION_DENIED\"} 2"),
-            std::string::npos);
+  EXPECT_NE(
+      ok->second.find(
+          "kvtier_requests_total{method=\"Put\",transport=\"grpc\",code=\"PERMISSION_DENIED\"} 2"),
+      std::string::npos);
   EXPECT_NE(ok->second.find("code=\"UNAUTHENTICATED\""), std::string::npos);
 }
 
@@ -139,7 +144,8 @@ TEST_F(SecurityTest, TlsServerAcceptsOnlyTlsClientsThatTrustItsCa) {
   MakeCerts(dir_);
   ServerProcess s;
   ServerProcess::Options so;
-  so.extra_flags = {"--tls_cert=" + dir_.File("server.pem"), "--tls_key=" + dir_.File("server.key")};
+  so.extra_flags = {"--tls_cert=" + dir_.File("server.pem"),
+                    "--tls_key=" + dir_.File("server.key")};
   ASSERT_TRUE(s.Start(so).ok());
   const auto chain = RandomChain(2, 5);
   auto payload = MakePayload(30000, 5);
@@ -167,8 +173,8 @@ TEST_F(SecurityTest, TlsServerAcceptsOnlyTlsClientsThatTrustItsCa) {
   const std::string cli = std::string(KVTIER_CLI_BIN) + " health --endpoints=" + s.endpoint() +
                           " --tls=" + dir_.File("ca.pem");
   EXPECT_EQ(Sh(cli), 0) << cli;
-  EXPECT_NE(Sh(std::string(KVTIER_CLI_BIN) + " health --timeout_ms=2000 --endpoints=" +
-               s.endpoint()), 0);
+  EXPECT_NE(
+      Sh(std::string(KVTIER_CLI_BIN) + " health --timeout_ms=2000 --endpoints=" + s.endpoint()), 0);
 }
 
 TEST_F(SecurityTest, MutualTlsRejectsMissingAndUntrustedClientCertificates) {

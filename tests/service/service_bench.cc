@@ -20,9 +20,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -214,8 +214,8 @@ class RedisPut : public Worker {
   int64_t Op(uint64_t i) override {
     if (!c_) return -1;
     const ChainHash k = KeyHash(epoch_ << 32 | id_, i + 1);
-    auto* r = static_cast<redisReply*>(redisCommand(c_, "SET %b %b", k.data(), k.size(),
-                                                    payload_->data(), payload_->size()));
+    auto* r = static_cast<redisReply*>(
+        redisCommand(c_, "SET %b %b", k.data(), k.size(), payload_->data(), payload_->size()));
     const bool ok = r != nullptr && r->type == REDIS_REPLY_STATUS;
     if (r) freeReplyObject(r);
     return ok ? static_cast<int64_t>(payload_->size()) : -1;
@@ -257,7 +257,8 @@ class RedisGet : public Worker {
 
 class RedisExists : public Worker {
  public:
-  RedisExists(int port, const std::vector<ChainHash>* chain) : c_(RedisConnect(port)), chain_(chain) {
+  RedisExists(int port, const std::vector<ChainHash>* chain)
+      : c_(RedisConnect(port)), chain_(chain) {
     argv_.push_back("EXISTS");
     lens_.push_back(6);
     for (const auto& h : *chain_) {
@@ -292,11 +293,10 @@ pid_t StartRedis(int port, const std::string& maxmemory) {
     const std::string p = std::to_string(port);
     const char* env = std::getenv("KVTIER_REDIS_SERVER");  // override for relocated bundles
     const char* bin = env != nullptr && *env != '\0' ? env : "/usr/bin/redis-server";
-    execl(bin, "redis-server", "--port", p.c_str(), "--bind", "127.0.0.1",
-          "--save", "", "--appendonly", "no", "--protected-mode", "no", "--maxmemory",
-          maxmemory.c_str(), "--maxmemory-policy", "allkeys-lru",
-          "--proto-max-bulk-len", "64mb", "--client-output-buffer-limit", "normal 0 0 0",
-          static_cast<char*>(nullptr));
+    execl(bin, "redis-server", "--port", p.c_str(), "--bind", "127.0.0.1", "--save", "",
+          "--appendonly", "no", "--protected-mode", "no", "--maxmemory", maxmemory.c_str(),
+          "--maxmemory-policy", "allkeys-lru", "--proto-max-bulk-len", "64mb",
+          "--client-output-buffer-limit", "normal 0 0 0", static_cast<char*>(nullptr));
     _exit(127);
   }
   for (int i = 0; i < 200; ++i) {
@@ -416,8 +416,8 @@ int main(int argc, char** argv) {
         if (is_redis) {
           redisContext* c = RedisConnect(redis_port);
           for (const auto& k : set) {
-            auto* r = static_cast<redisReply*>(redisCommand(
-                c, "SET %b %b", k.data(), k.size(), payload.data(), payload.size()));
+            auto* r = static_cast<redisReply*>(
+                redisCommand(c, "SET %b %b", k.data(), k.size(), payload.data(), payload.size()));
             if (r) freeReplyObject(r);
           }
           redisFree(c);
@@ -463,8 +463,8 @@ int main(int argc, char** argv) {
       (void)c->Put(kNs, 0, items);
       redisContext* rc = RedisConnect(redis_port);
       for (const auto& h : chain) {
-        auto* r = static_cast<redisReply*>(redisCommand(rc, "SET %b %b", h.data(), h.size(),
-                                                        small.data(), small.size()));
+        auto* r = static_cast<redisReply*>(
+            redisCommand(rc, "SET %b %b", h.data(), h.size(), small.data(), small.size()));
         if (r) freeReplyObject(r);
       }
       redisFree(rc);

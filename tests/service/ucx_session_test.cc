@@ -46,8 +46,7 @@ TEST_F(UcxSessionTest, SessionsCarryTheCallersRights) {
   auto p0 = MakePayload(100000, 1), p1 = MakePayload(100000, 2);
   std::vector<PutItem> items = {{chain[0], p0}, {chain[1], p1}};
 
-  EXPECT_EQ(NewClient("")->Put(kNsA, 0, items).status().code(),
-            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(NewClient("")->Put(kNsA, 0, items).status().code(), absl::StatusCode::kUnauthenticated);
   EXPECT_EQ(NewClient("bogus")->Put(kNsA, 0, items).status().code(),
             absl::StatusCode::kUnauthenticated);
   auto reader = NewClient("reader-a");
@@ -71,10 +70,14 @@ TEST_F(UcxSessionTest, SessionsCarryTheCallersRights) {
   EXPECT_NE(m->second.find("kvtier_requests_total{method=\"Put\",transport=\"ucx\",code=\"OK\"}"),
             std::string::npos)
       << m->second;
-  EXPECT_NE(m->second.find("kvtier_requests_total{method=\"Put\",transport=\"ucx\",code=\"PERMISSION_DENIED\"}"),
-            std::string::npos);
-  EXPECT_NE(m->second.find("kvtier_lookup_requests_total{namespace=\"tenantA/m/k4v2_g128/tp0\",transport=\"ucx\"}"),
-            std::string::npos);
+  EXPECT_NE(
+      m->second.find(
+          "kvtier_requests_total{method=\"Put\",transport=\"ucx\",code=\"PERMISSION_DENIED\"}"),
+      std::string::npos);
+  EXPECT_NE(
+      m->second.find(
+          "kvtier_lookup_requests_total{namespace=\"tenantA/m/k4v2_g128/tp0\",transport=\"ucx\"}"),
+      std::string::npos);
   EXPECT_NE(m->second.find("kvtier_transfer_bytes_total{transport=\"ucx\",direction=\"in\"}"),
             std::string::npos);
 }

@@ -49,9 +49,9 @@ TEST(BenchTraceTest, ParsesMooncakeLines) {
   EXPECT_EQ(r->hash_ids, (std::vector<int32_t>{0, 1, 2, 13}));
   EXPECT_EQ(r->output_length, 500u);
   EXPECT_EQ(r->timestamp_ms, 0);
-  EXPECT_EQ(ParseTraceLine(R"({"timestamp": 1250, "input_length": 9, "hash_ids": [4]})")
-                ->timestamp_ms,
-            1250);
+  EXPECT_EQ(
+      ParseTraceLine(R"({"timestamp": 1250, "input_length": 9, "hash_ids": [4]})")->timestamp_ms,
+      1250);
   EXPECT_TRUE(ParseTraceLine(R"({"input_length": 5, "hash_ids": []})")->hash_ids.empty());
   EXPECT_EQ(ParseTraceLine(R"({"hash_ids": [1]})").status().code(),
             absl::StatusCode::kInvalidArgument);

@@ -2,8 +2,8 @@
 // TieredStore (RAM tier). Transports: $KVTIER_UCX_TEST_TLS (default "tcp").
 #include <algorithm>
 #include <array>
-#include <cstdio>
 #include <atomic>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -64,8 +64,7 @@ class UcxTransportTest : public ::testing::TestWithParam<int> {
       }
       if (stall > absl::ZeroDuration()) absl::SleepFor(stall);
       if (token == kReader) {
-        return write ? absl::PermissionDeniedError("reader-token may not write")
-                     : absl::OkStatus();
+        return write ? absl::PermissionDeniedError("reader-token may not write") : absl::OkStatus();
       }
       if (token == kWriter) {
         return absl::StartsWith(ns, "tenant/")
@@ -297,8 +296,7 @@ TEST_P(UcxTransportTest, TokensAreCheckedAndNothingIsStoredWithoutRights) {
   ASSERT_NE(stranger, nullptr);
   EXPECT_EQ(stranger->Put(kNs, H(1), 0, p->data(), p->size()).status().code(),
             absl::StatusCode::kUnauthenticated);
-  EXPECT_EQ(stranger->Lookup(kNs, 0, {H(1)}).status().code(),
-            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(stranger->Lookup(kNs, 0, {H(1)}).status().code(), absl::StatusCode::kUnauthenticated);
   EXPECT_EQ(stranger->Get(kNs, 0, {H(1)}).status().code(), absl::StatusCode::kUnauthenticated);
 
   auto reader = Connect(kReader);
@@ -319,24 +317,23 @@ TEST_P(UcxTransportTest, TokensAreCheckedAndNothingIsStoredWithoutRights) {
   r.set_request_id(77);
   r.mutable_lookup()->set_namespace_(kNs);
   r.mutable_lookup()->add_chain_hashes(HashBytes(H(1)));
-  auto resp = writer->RawRequestForTesting(r.SerializeAsString(), 77, nullptr, 0,
-                                           absl::Seconds(10));
+  auto resp =
+      writer->RawRequestForTesting(r.SerializeAsString(), 77, nullptr, 0, absl::Seconds(10));
   ASSERT_TRUE(resp.ok()) << resp.status();
   ASSERT_EQ(resp->size(), 1u);
   EXPECT_EQ((*resp)[0].code(), static_cast<int>(absl::StatusCode::kUnauthenticated));
   EXPECT_TRUE((*resp)[0].last());
-  EXPECT_EQ(UcxConnection::Connect("127.0.0.1", server_->port(), "", absl::Seconds(1))
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      UcxConnection::Connect("127.0.0.1", server_->port(), "", absl::Seconds(1)).status().code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
 TEST_P(UcxTransportTest, MalformedRequestsAreInvalidArgumentAndServerKeepsServing) {
   auto c = Connect();
   ASSERT_NE(c, nullptr);
   // Not a protobuf at all: answered with request_id 0.
-  auto resp = c->RawRequestForTesting(std::string("\xff\xff\xff\xff garbage", 12), 0, nullptr,
-                                      0, absl::Seconds(10));
+  auto resp = c->RawRequestForTesting(std::string("\xff\xff\xff\xff garbage", 12), 0, nullptr, 0,
+                                      absl::Seconds(10));
   ASSERT_TRUE(resp.ok()) << resp.status();
   ASSERT_EQ(resp->size(), 1u);
   EXPECT_EQ((*resp)[0].code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
@@ -354,16 +351,14 @@ TEST_P(UcxTransportTest, MalformedRequestsAreInvalidArgumentAndServerKeepsServin
   for (const std::string& ns :
        {std::string(""), std::string("tenant/../x"), std::string("tenant/sp ace"),
         std::string("tenant/") + std::string(300, 'a')}) {
-    EXPECT_EQ(c->Lookup(ns, 0, {H(1)}).status().code(), absl::StatusCode::kInvalidArgument)
-        << ns;
+    EXPECT_EQ(c->Lookup(ns, 0, {H(1)}).status().code(), absl::StatusCode::kInvalidArgument) << ns;
   }
   v1::UcxRequest short_hash;
   short_hash.set_session_token(kWriter);
   short_hash.set_request_id(6);
   short_hash.mutable_get()->set_namespace_(kNs);
   short_hash.mutable_get()->add_chain_hashes(std::string(31, 'x'));
-  resp = c->RawRequestForTesting(short_hash.SerializeAsString(), 6, nullptr, 0,
-                                 absl::Seconds(10));
+  resp = c->RawRequestForTesting(short_hash.SerializeAsString(), 6, nullptr, 0, absl::Seconds(10));
   ASSERT_TRUE(resp.ok());
   EXPECT_EQ((*resp)[0].code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
   EXPECT_EQ((*resp)[0].message(), "chain hash 0 is 31 bytes; it must be 32");
@@ -376,8 +371,8 @@ TEST_P(UcxTransportTest, MalformedRequestsAreInvalidArgumentAndServerKeepsServin
   lookup.set_request_id(8);
   lookup.mutable_lookup()->set_namespace_(kNs);
   lookup.mutable_lookup()->add_chain_hashes(HashBytes(H(1)));
-  resp = c->RawRequestForTesting(lookup.SerializeAsString(), 8, junk, sizeof(junk),
-                                 absl::Seconds(10));
+  resp =
+      c->RawRequestForTesting(lookup.SerializeAsString(), 8, junk, sizeof(junk), absl::Seconds(10));
   ASSERT_TRUE(resp.ok());
   EXPECT_EQ((*resp)[0].code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
 
@@ -415,14 +410,13 @@ TEST_P(UcxTransportTest, WrongPayloadSizeIsRejectedAndNothingStored) {
   for (size_t size : {size_t{8} << 10, size_t{4} << 20}) {  // eager and rendezvous
     Payload p = ucx_test::PayloadOfAtLeast(21, size);
     for (uint64_t claimed : {p->size() + 1, p->size() - 1}) {
-      auto resp = c->RawRequestForTesting(PutHeader(kWriter, 9, kNs, HashBytes(H(2)), claimed),
-                                          9, p->data(), p->size(), absl::Seconds(10));
+      auto resp = c->RawRequestForTesting(PutHeader(kWriter, 9, kNs, HashBytes(H(2)), claimed), 9,
+                                          p->data(), p->size(), absl::Seconds(10));
       ASSERT_TRUE(resp.ok()) << resp.status();
       ASSERT_EQ(resp->size(), 1u);
       EXPECT_EQ((*resp)[0].code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
       EXPECT_EQ((*resp)[0].message(), absl::StrCat("put header says ", claimed,
-                                                   " payload bytes but ", p->size(),
-                                                   " arrived"));
+                                                   " payload bytes but ", p->size(), " arrived"));
     }
     // A payload whose own header disagrees with its length.
     std::vector<uint8_t> cut(p->begin(), p->end() - 8);

@@ -210,13 +210,7 @@ class GetCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
     if (!msg_.Dump(&slices).ok()) return absl::DataLossError("unreadable GetResponse");
     const size_t total = msg_.Length();
     uint8_t head[24] = {};
-    size_t got = 0;
-    for (const grpc::Slice& sl : slices) {
-      const size_t take = std::min(sl.size(), sizeof(head) - got);
-      std::memcpy(head + got, sl.begin(), take);
-      got += take;
-      if (got == sizeof(head)) break;
-    }
+    const size_t got = v1::wire::CopyPrefix(slices, head, sizeof(head));
     // Fast path: exactly {index (optional), chunk}.
     size_t pos = 0;
     uint64_t index = 0, len = 0;

@@ -299,13 +299,7 @@ class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     const size_t total = req_.Length();
     // Fast path: a message that is exactly one `chunk` field (tag 0x12, length, bytes).
     uint8_t head[11] = {};
-    size_t got = 0;
-    for (const grpc::Slice& sl : slices) {
-      const size_t take = std::min(sl.size(), sizeof(head) - got);
-      std::memcpy(head + got, sl.begin(), take);
-      got += take;
-      if (got == sizeof(head)) break;
-    }
+    const size_t got = v1::wire::CopyPrefix(slices, head, sizeof(head));
     if (got > 0 && head[0] == 0x12) {
       size_t pos = 1;
       uint64_t len = 0;

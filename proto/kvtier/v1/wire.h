@@ -9,8 +9,10 @@
 #ifndef KVTIER_PROTO_KVTIER_V1_WIRE_H_
 #define KVTIER_PROTO_KVTIER_V1_WIRE_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 namespace kvtier::v1::wire {
@@ -37,6 +39,21 @@ inline bool ReadVarint(const uint8_t* bytes, size_t end, size_t* pos, uint64_t* 
     }
   }
   return false;
+}
+
+// Copies the first bytes of a message held as a list of slices (anything with begin() and
+// size(), e.g. the grpc::Slice list of a ByteBuffer) into out[0, n); returns how many were
+// copied (fewer than n when the message is shorter).
+template <typename Slices>
+size_t CopyPrefix(const Slices& slices, uint8_t* out, size_t n) {
+  size_t got = 0;
+  for (const auto& sl : slices) {
+    const size_t take = std::min<size_t>(sl.size(), n - got);
+    std::memcpy(out + got, sl.begin(), take);
+    got += take;
+    if (got == n) break;
+  }
+  return got;
 }
 
 }  // namespace kvtier::v1::wire

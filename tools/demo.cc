@@ -266,6 +266,24 @@ class SharedKvCache {
   size_t used_ = 0;           // guarded by mu_
 };
 
+// The exact (unquantized) K and V of layer l for the request's tokens, into k and v
+// ([tokens][kv_heads][head_dim], sized by the caller), and its decode query (the last
+// trace block's).
+absl::Status GatherLayerKv(const DemoModel& m, const RequestPlan& p, SharedKvCache& cache, int l,
+                           std::vector<float>* k, std::vector<float>* v, std::vector<float>* q) {
+  const size_t row = static_cast<size_t>(m.num_kv_heads) * m.head_dim;
+  const int num_hash = static_cast<int>(p.hash_ids.size());
+  for (int hi = 0; hi < num_hash; ++hi) {
+    KVTIER_ASSIGN_OR_RETURN(auto kv, cache.Get(p.hash_ids[hi], l, hi == 0));
+    const size_t first = static_cast<size_t>(hi) * m.trace_block_tokens;
+    const size_t n = std::min<size_t>(m.trace_block_tokens, p.tokens - first);
+    std::copy_n(kv->k.begin(), n * row, k->begin() + first * row);
+    std::copy_n(kv->v.begin(), n * row, v->begin() + first * row);
+    if (hi == num_hash - 1) *q = kv->q;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Prefill(const DemoModel& m, const std::string& ns, const RequestPlan& p,
                      client::Client& c, SharedKvCache& cache, Totals& t) {
   const int g = m.group_size();
@@ -337,7 +355,6 @@ absl::Status Decode(const DemoModel& m, const std::string& ns, const RequestPlan
 
   const kernels::TileLayout layout = kernels::MakeTileLayout(m.preset, m.head_dim);
   const size_t row = static_cast<size_t>(m.num_kv_heads) * m.head_dim;
-  const int num_hash = static_cast<int>(p.hash_ids.size());
   std::vector<float> k(static_cast<size_t>(p.tokens) * row), v(k.size());
   std::vector<std::vector<uint16_t>> recomputed;  // FP16 sections of missed blocks
   std::vector<double> ref;
@@ -345,14 +362,7 @@ absl::Status Decode(const DemoModel& m, const std::string& ns, const RequestPlan
   std::vector<double> errors;
   for (int l = 0; l < m.num_layers; ++l) {
     std::vector<float> q;
-    for (int hi = 0; hi < num_hash; ++hi) {
-      KVTIER_ASSIGN_OR_RETURN(auto kv, cache.Get(p.hash_ids[hi], l, hi == 0));
-      const size_t first = static_cast<size_t>(hi) * m.trace_block_tokens;
-      const size_t n = std::min<size_t>(m.trace_block_tokens, p.tokens - first);
-      std::copy_n(kv->k.begin(), n * row, k.begin() + first * row);
-      std::copy_n(kv->v.begin(), n * row, v.begin() + first * row);
-      if (hi == num_hash - 1) q = kv->q;
-    }
+    KVTIER_RETURN_IF_ERROR(GatherLayerKv(m, p, cache, l, &k, &v, &q));
     std::vector<kernels::cpu::BlockSection> sections;
     recomputed.clear();
     for (int b = 0; b < p.num_blocks(); ++b) {
@@ -434,20 +444,12 @@ absl::Status GpuDecode(const DemoModel& m, const std::string& ns, const RequestP
     return absl::UnavailableError("partial import");
   }
   const size_t row = static_cast<size_t>(m.num_kv_heads) * m.head_dim;
-  const int num_hash = static_cast<int>(p.hash_ids.size());
   std::vector<float> k(static_cast<size_t>(p.tokens) * row), v(k.size());
   std::vector<float> out(static_cast<size_t>(m.num_q_heads) * m.head_dim);
   std::vector<double> ref, errors;
   for (int l = 0; l < m.num_layers; ++l) {
     std::vector<float> q;
-    for (int hi = 0; hi < num_hash; ++hi) {
-      KVTIER_ASSIGN_OR_RETURN(auto kv, cache.Get(p.hash_ids[hi], l, hi == 0));
-      const size_t first = static_cast<size_t>(hi) * m.trace_block_tokens;
-      const size_t n = std::min<size_t>(m.trace_block_tokens, p.tokens - first);
-      std::copy_n(kv->k.begin(), n * row, k.begin() + first * row);
-      std::copy_n(kv->v.begin(), n * row, v.begin() + first * row);
-      if (hi == num_hash - 1) q = kv->q;
-    }
+    KVTIER_RETURN_IF_ERROR(GatherLayerKv(m, p, cache, l, &k, &v, &q));
     KVTIER_RETURN_IF_ERROR(gpu.Attend(l, q.data(), p.tokens, out.data()));
     ExactAttention(m.num_q_heads, m.num_kv_heads, m.head_dim, p.tokens, q.data(), k.data(),
                    v.data(), &ref);

@@ -54,7 +54,8 @@ constexpr float kLn2 = 0.6931471805599453f;
 struct AttnArgs {
   int num_q_heads, num_kv_heads, group, num_query_tokens, num_cols, col_groups;
   int batch, num_splits, blocks_per_split;
-  bool packed;  // <= 4 columns: q' hi parts in columns 0-3, lo parts in 4-7 (one MMA)
+  bool packed;  // <= 4 columns: column 2j holds head j's q' hi part, 2j+1 its lo part
+  uint32_t magic;  // kMagic, passed at run time so that it stays in a register (one LOP3)
   float scale_log2;
   DType q_dtype;
   const void* q;
@@ -99,6 +100,19 @@ __device__ __forceinline__ void Mma(float* d, uint32_t a0, uint32_t a1, uint32_t
       "{%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+// (x & M) | magic in one LOP3 (the compiler splits the constant-only form into two).
+template <uint32_t M>
+__device__ __forceinline__ uint32_t AndOr(uint32_t x, uint32_t magic) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(x), "n"(M), "r"(magic));
+  return d;
+}
+// 2^x, one MUFU op (exp2f adds range fix-ups); 2^-inf = 0.
+__device__ __forceinline__ float Ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 __device__ __forceinline__ uint32_t PackHalf2(float lo, float hi) {
   const __half2 h = __floats2half2_rn(lo, hi);
@@ -153,10 +167,17 @@ __device__ __forceinline__ int SwizzleV(int q) {
   return q ^ ((q >> kShift) & 7);
 }
 
-template <int D, int G, int VB>
+// P (packed, <= 4 columns): column 2j of the score MMA is head j's q' hi part and column
+// 2j+1 its lo part, so one MMA per code fragment gives fp32-accurate scores and each lane
+// adds its own two columns: lane (g, tig) then owns head tig alone (NC = 1 column per
+// lane, half the softmax and output work of the unpacked layout). The V MMA's B operand
+// has p' of head j in column 2j and zeros in the odd columns.
+template <int D, int G, int VB, bool P>
 __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const AttnArgs a) {
   using S = AttnShape<D, G, VB>;
   constexpr int KS = S::kKs, MT = S::kMt, MV = S::kMv;
+  constexpr int NC = P ? 1 : 2;  // score columns per lane
+  const uint32_t magic = a.magic;
   extern __shared__ __align__(128) uint8_t smem[];
   float* q_s = reinterpret_cast<float*>(smem + kWarps * kStages * S::kStageBytes);  // [8][D]
   uint32_t* const pscr = reinterpret_cast<uint32_t*>(
@@ -212,14 +233,14 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
   }
   // q_rot[col g][16ks + 8hh + 2tig + {0,1}], read from shared memory per tile (keeps 32
   // registers free).
-  const float* q_me = q_s + (a.packed ? (g & 3) : g) * S::kQPitch + 2 * tig;
+  const float* q_me = q_s + (P ? (g >> 1) : g) * S::kQPitch + 2 * tig;
   auto QR = [&](int ks, int hh) -> float2 {
     return *reinterpret_cast<const float2*>(q_me + 16 * ks + 8 * hh);
   };
-  // Causal limits of this thread's score columns (2tig, 2tig+1).
-  int lim0, lim1;
-  col_row(2 * tig, lim0);
-  col_row(2 * tig + 1, lim1);
+  // Causal limits of this thread's score columns (P: head tig; else 2tig, 2tig+1).
+  int lim[NC];
+#pragma unroll
+  for (int e = 0; e < NC; ++e) col_row(P ? tig : 2 * tig + e, lim[e]);
   const int lim_min = seq_len - T + 1;  // below this every column sees every token
 
   // ---- this warp's tiles ----
@@ -274,55 +295,68 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     CpAsyncCommit();
   };
 
-  float m_run[2] = {-INFINITY, -INFINITY};  // running max (log2 domain) of cols 2tig, 2tig+1
-  float l_run[2] = {0.f, 0.f};              // this thread's partial sums
-  float o[MV][4];
+  // Scores, p and outputs are indexed [r * NC + e]: r = 0 for row g (channel ch) and 1 for
+  // row g + 8 (channel ch + 1), e = this lane's column.
+  float m_run[NC], l_run[NC];  // running max (log2 domain) and this thread's partial sums
 #pragma unroll
-  for (int i = 0; i < MV; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  for (int e = 0; e < NC; ++e) {
+    m_run[e] = -INFINITY;
+    l_run[e] = 0.f;
+  }
+  float o[MV][2 * NC];
+#pragma unroll
+  for (int i = 0; i < MV; ++i) {
+#pragma unroll
+    for (int k = 0; k < 2 * NC; ++k) o[i][k] = 0.f;
+  }
 
-  // Online softmax over one tile's scores s[MT][4] (rows g/g+8, cols 2tig/2tig+1);
-  // replaces s by p and returns false when the tile contributes nothing.
-  auto softmax_update = [&](float(&s)[MT][4]) -> bool {
-    float tmax[2] = {-INFINITY, -INFINITY};
+  // P: adds each lane's hi and lo columns, s[mt][r] = s[mt][2r] + s[mt][2r + 1].
+  auto combine_packed = [&](float(&s)[MT][4]) {
+    if constexpr (P) {
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      tmax[0] = fmaxf(tmax[0], fmaxf(s[mt][0], s[mt][2]));
-      tmax[1] = fmaxf(tmax[1], fmaxf(s[mt][1], s[mt][3]));
+      for (int mt = 0; mt < MT; ++mt) {
+        s[mt][0] += s[mt][1];
+        s[mt][1] = s[mt][2] + s[mt][3];
+      }
     }
+  };
+  // Online softmax over one tile's scores s[MT][r * NC + e]; replaces s by p.
+  auto softmax_update = [&](float(&s)[MT][4]) {
+    float tmax[NC];
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
+    for (int e = 0; e < NC; ++e) {
+      tmax[e] = -INFINITY;
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) tmax[e] = fmaxf(tmax[e], fmaxf(s[mt][e], s[mt][NC + e]));
       tmax[e] = fmaxf(tmax[e], __shfl_xor_sync(0xffffffffu, tmax[e], 4));
       tmax[e] = fmaxf(tmax[e], __shfl_xor_sync(0xffffffffu, tmax[e], 8));
       tmax[e] = fmaxf(tmax[e], __shfl_xor_sync(0xffffffffu, tmax[e], 16));
     }
-    float alpha[2], mnew[2];
+    float alpha[NC], mnew[NC];
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
+    for (int e = 0; e < NC; ++e) {
       mnew[e] = fmaxf(m_run[e], tmax[e]);
       // A column with no visible token yet keeps m = -inf; use 0 as base to avoid NaN.
       const float base = mnew[e] == -INFINITY ? 0.f : mnew[e];
-      alpha[e] = exp2f(m_run[e] - base);
+      alpha[e] = Ex2(m_run[e] - base);
       m_run[e] = mnew[e];
       mnew[e] = base;
       l_run[e] *= alpha[e];
     }
 #pragma unroll
     for (int i = 0; i < MV; ++i) {
-      o[i][0] *= alpha[0];
-      o[i][1] *= alpha[1];
-      o[i][2] *= alpha[0];
-      o[i][3] *= alpha[1];
+#pragma unroll
+      for (int k = 0; k < 2 * NC; ++k) o[i][k] *= alpha[k % NC];
     }
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float p = exp2f(s[mt][e] - mnew[e & 1]);
-        s[mt][e] = p;
-        l_run[e & 1] += p;
+      for (int k = 0; k < 2 * NC; ++k) {
+        const float p = Ex2(s[mt][k] - mnew[k % NC]);
+        s[mt][k] = p;
+        l_run[k % NC] += p;
       }
     }
-    return true;
   };
 
   // out += s_col_V[d]·(vacc/f + zc) for this thread's channels (compressed tiles), or
@@ -351,7 +385,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
         const uint32_t hi = PackHalf2(q0, q1);
         const float2 hf = UnpackHalf2(hi);
         const uint32_t lo = PackHalf2(q0 - hf.x, q1 - hf.y);
-        bqh[hh] = (a.packed && g >= 4) ? lo : hi;
+        bqh[hh] = (P && (g & 1)) ? lo : hi;
         bql[hh] = lo;
         qsum += q0 + q1;  // hi + lo equals q' to 2^-22
         bias = fmaf(qv.x, zp.x, bias);
@@ -373,10 +407,12 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
             const uint32_t ya0 = ip ? (ya >> 4) : (ya << 4), ya1 = ip ? (ya >> 8) : ya;
             const uint32_t yb0 = ip ? (yb >> 4) : (yb << 4), yb1 = ip ? (yb >> 8) : yb;
             const int mt = 2 * (2 * cp + cc) + ip;
-            const uint32_t a0 = (ya0 & 0x00F000F0u) | kMagic, a1 = (ya1 & 0x00F000F0u) | kMagic;
-            const uint32_t a2 = (yb0 & 0x00F000F0u) | kMagic, a3 = (yb1 & 0x00F000F0u) | kMagic;
+            const uint32_t a0 = AndOr<0x00F000F0u>(ya0, magic);
+            const uint32_t a1 = AndOr<0x00F000F0u>(ya1, magic);
+            const uint32_t a2 = AndOr<0x00F000F0u>(yb0, magic);
+            const uint32_t a3 = AndOr<0x00F000F0u>(yb1, magic);
             Mma(s[mt], a0, a1, a2, a3, bqh[0], bqh[1]);
-            if (!a.packed) Mma(s[mt], a0, a1, a2, a3, bql[0], bql[1]);
+            if constexpr (!P) Mma(s[mt], a0, a1, a2, a3, bql[0], bql[1]);
           }
         }
       }
@@ -385,20 +421,12 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     qsum += __shfl_xor_sync(0xffffffffu, qsum, 2);
     bias += __shfl_xor_sync(0xffffffffu, bias, 1);
     bias += __shfl_xor_sync(0xffffffffu, bias, 2);
-    if (a.packed) {
-      // Column c holds the hi part, column c ^ 4 the lo part of the same head: add them
-      // (lanes tig and tig ^ 2); columns 4-7 then repeat 0-3 and are never stored.
+    combine_packed(s);
+    // Column n's q' lives in lanes 4n+* (P: head tig in lanes 8tig+*). (1024 + 16c)/16 = 64 + c.
+    float c16[NC];
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[mt][e] += __shfl_xor_sync(0xffffffffu, s[mt][e], 2);
-      }
-    }
-    // Column 2tig+e lives in lanes 4*(2tig+e)+*. (1024 + 16c)/16 = 64 + c.
-    float c16[2];
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int src = a.packed ? ((2 * tig + e) & 3) : (2 * tig + e);
+    for (int e = 0; e < NC; ++e) {
+      const int src = P ? 2 * tig : 2 * tig + e;
       const float qs = __shfl_sync(0xffffffffu, qsum, 4 * src);
       const float bs = __shfl_sync(0xffffffffu, bias, 4 * src);
       c16[e] = bs - 64.f * qs;
@@ -412,19 +440,19 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
 #pragma unroll
       for (int ip = 0; ip < 2; ++ip) {
         const int mt = 2 * c + ip;
-        const float slo = (ip ? r23.x : r01.x) * a.scale_log2;
-        const float shi = (ip ? r23.y : r01.y) * a.scale_log2;
-        s[mt][0] = slo * fmaf(s[mt][0], 1.f / 16.f, c16[0]);
-        s[mt][1] = slo * fmaf(s[mt][1], 1.f / 16.f, c16[1]);
-        s[mt][2] = shi * fmaf(s[mt][2], 1.f / 16.f, c16[0]);
-        s[mt][3] = shi * fmaf(s[mt][3], 1.f / 16.f, c16[1]);
+        const float sr[2] = {(ip ? r23.x : r01.x) * a.scale_log2,
+                             (ip ? r23.y : r01.y) * a.scale_log2};
+#pragma unroll
+        for (int k = 0; k < 2 * NC; ++k) {
+          s[mt][k] = sr[k / NC] * fmaf(s[mt][k], 1.f / 16.f, c16[k % NC]);
+        }
         if (tok_base + G > lim_min || ntok < G) {
           const int t = 32 * c + 4 * g + 2 * ip;
-          const int pos = tok_base + t;
-          if (t >= ntok || pos >= lim0) s[mt][0] = -INFINITY;
-          if (t >= ntok || pos >= lim1) s[mt][1] = -INFINITY;
-          if (t + 1 >= ntok || pos + 1 >= lim0) s[mt][2] = -INFINITY;
-          if (t + 1 >= ntok || pos + 1 >= lim1) s[mt][3] = -INFINITY;
+#pragma unroll
+          for (int k = 0; k < 2 * NC; ++k) {
+            const int tk = t + k / NC;
+            if (tk >= ntok || tok_base + tk >= lim[k % NC]) s[mt][k] = -INFINITY;
+          }
         }
       }
     }
@@ -437,7 +465,9 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     // p' = p·s_row_V (fp16), P' = Σ p' (rounded values), Z = Σ (p'/s_row_V)·zp_V: the
     // zero-point term uses the same rounded weights as the code term, so fp16 rounding
     // of p' perturbs the weights (like fp16 P in flash attention), not the V values.
-    float psum[2] = {0.f, 0.f}, zsum[2] = {0.f, 0.f};
+    float psum[NC], zsum[NC];
+#pragma unroll
+    for (int e = 0; e < NC; ++e) psum[e] = zsum[e] = 0.f;
 #pragma unroll
     for (int c = 0; c < G / 32; ++c) {
       const uint2 rs =
@@ -450,23 +480,25 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
         const int mt = 2 * c + ip;
         const float svl = ip ? s23.x : s01.x, svh = ip ? s23.y : s01.y;
         const float zl = ip ? z23.x : z01.x, zh = ip ? z23.y : z01.y;
-        const uint32_t lo = PackHalf2(s[mt][0] * svl, s[mt][1] * svl);
-        const uint32_t hi = PackHalf2(s[mt][2] * svh, s[mt][3] * svh);
+        // P: p' of head tig in the low half (column 2tig), zero in column 2tig + 1.
+        const uint32_t lo = PackHalf2(s[mt][0] * svl, P ? 0.f : s[mt][1] * svl);
+        const uint32_t hi = PackHalf2(s[mt][NC] * svh, P ? 0.f : s[mt][3] * svh);
         const float2 lf = UnpackHalf2(lo), hf = UnpackHalf2(hi);
-        psum[0] += lf.x + hf.x;
-        psum[1] += lf.y + hf.y;
         const float rl = svl != 0.f ? __fdividef(zl, svl) : 0.f;
         const float rh = svh != 0.f ? __fdividef(zh, svh) : 0.f;
-        zsum[0] += svl != 0.f ? lf.x * rl : s[mt][0] * zl;
-        zsum[1] += svl != 0.f ? lf.y * rl : s[mt][1] * zl;
-        zsum[0] += svh != 0.f ? hf.x * rh : s[mt][2] * zh;
-        zsum[1] += svh != 0.f ? hf.y * rh : s[mt][3] * zh;
+#pragma unroll
+        for (int e = 0; e < NC; ++e) {
+          const float pl = e ? lf.y : lf.x, ph = e ? hf.y : hf.x;
+          psum[e] += pl + ph;
+          zsum[e] += svl != 0.f ? pl * rl : s[mt][e] * zl;
+          zsum[e] += svh != 0.f ? ph * rh : s[mt][NC + e] * zh;
+        }
         pscr[(mt * 32 + lane) * 2] = MovTrans(lo);
         pscr[(mt * 32 + lane) * 2 + 1] = MovTrans(hi);
       }
     }
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
+    for (int e = 0; e < NC; ++e) {
 #pragma unroll
       for (int m = 4; m <= 16; m <<= 1) {
         psum[e] += __shfl_xor_sync(0xffffffffu, psum[e], m);
@@ -502,8 +534,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
               const uint32_t z1 =
                   pi == 0 ? (y1 << 4) : (pi == 1 ? y1 : (pi == 2 ? (y1 >> 4) : (y1 >> 8)));
               const int mv = chunk * S::kNpc + pi;
-              Mma(va[mv], (z0 & 0x00300030u) | kMagic, (z0 & 0x00C000C0u) | kMagic,
-                  (z1 & 0x00300030u) | kMagic, (z1 & 0x00C000C0u) | kMagic, bb.x, bb.y);
+              Mma(va[mv], AndOr<0x00300030u>(z0, magic), AndOr<0x00C000C0u>(z0, magic),
+                  AndOr<0x00300030u>(z1, magic), AndOr<0x00C000C0u>(z1, magic), bb.x, bb.y);
             }
           } else {
             // Nibble pairs (2pi, 2pi+1): row g field at bits 4-7 (f = 16) via a shift, row
@@ -514,8 +546,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
               const uint32_t l0 = pi ? (y0 >> 4) : (y0 << 4), h0 = pi ? (y0 >> 8) : y0;
               const uint32_t l1 = pi ? (y1 >> 4) : (y1 << 4), h1 = pi ? (y1 >> 8) : y1;
               const int mv = chunk * S::kNpc + pi;
-              Mma(va[mv], (l0 & 0x00F000F0u) | kMagic, (h0 & 0x00F000F0u) | kMagic,
-                  (l1 & 0x00F000F0u) | kMagic, (h1 & 0x00F000F0u) | kMagic, bb.x, bb.y);
+              Mma(va[mv], AndOr<0x00F000F0u>(l0, magic), AndOr<0x00F000F0u>(h0, magic),
+                  AndOr<0x00F000F0u>(l1, magic), AndOr<0x00F000F0u>(h1, magic), bb.x, bb.y);
             }
           }
         }
@@ -537,10 +569,13 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
         olo = ohi = 64.f;
       }
       const float2 scv = LoadHalf2(rec + L.s_col_v_offset + 2 * ch_lo);
-      o[mv][0] = fmaf(scv.x, fmaf(va[mv][0], flo, zsum[0] - olo * psum[0]), o[mv][0]);
-      o[mv][1] = fmaf(scv.x, fmaf(va[mv][1], flo, zsum[1] - olo * psum[1]), o[mv][1]);
-      o[mv][2] = fmaf(scv.y, fmaf(va[mv][2], fhi, zsum[0] - ohi * psum[0]), o[mv][2]);
-      o[mv][3] = fmaf(scv.y, fmaf(va[mv][3], fhi, zsum[1] - ohi * psum[1]), o[mv][3]);
+#pragma unroll
+      for (int k = 0; k < 2 * NC; ++k) {
+        const int r = k / NC, e = k % NC;
+        o[mv][k] = fmaf(r ? scv.y : scv.x,
+                        fmaf(va[mv][2 * r + e], r ? fhi : flo, zsum[e] - (r ? ohi : olo) * psum[e]),
+                        o[mv][k]);
+      }
     }
   };
 
@@ -570,23 +605,28 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
         const int t = 16 * mt + g, d = 16 * ks + 2 * tig;
         const uint32_t a0 = kload(t, d), a1 = kload(t + 8, d), a2 = kload(t, d + 8),
                        a3 = kload(t + 8, d + 8);
-        Mma(s[mt], a0, a1, a2, a3, b0, b1);
-        Mma(s[mt], a0, a1, a2, a3, l0, l1);
+        if constexpr (P) {
+          Mma(s[mt], a0, a1, a2, a3, (g & 1) ? l0 : b0, (g & 1) ? l1 : b1);
+        } else {
+          Mma(s[mt], a0, a1, a2, a3, b0, b1);
+          Mma(s[mt], a0, a1, a2, a3, l0, l1);
+        }
       }
     }
+    combine_packed(s);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-      const int t = 16 * mt + g, pos = tok_base + t;
-      s[mt][0] = (t >= ntok || pos >= lim0) ? -INFINITY : s[mt][0] * a.scale_log2;
-      s[mt][1] = (t >= ntok || pos >= lim1) ? -INFINITY : s[mt][1] * a.scale_log2;
-      s[mt][2] = (t + 8 >= ntok || pos + 8 >= lim0) ? -INFINITY : s[mt][2] * a.scale_log2;
-      s[mt][3] = (t + 8 >= ntok || pos + 8 >= lim1) ? -INFINITY : s[mt][3] * a.scale_log2;
+#pragma unroll
+      for (int k = 0; k < 2 * NC; ++k) {
+        const int t = 16 * mt + g + 8 * (k / NC);
+        s[mt][k] = (t >= ntok || tok_base + t >= lim[k % NC]) ? -INFINITY : s[mt][k] * a.scale_log2;
+      }
     }
     softmax_update(s);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-      scratch[(mt * 32 + lane) * 2] = MovTrans(PackHalf2(s[mt][0], s[mt][1]));
-      scratch[(mt * 32 + lane) * 2 + 1] = MovTrans(PackHalf2(s[mt][2], s[mt][3]));
+      scratch[(mt * 32 + lane) * 2] = MovTrans(PackHalf2(s[mt][0], P ? 0.f : s[mt][1]));
+      scratch[(mt * 32 + lane) * 2 + 1] = MovTrans(PackHalf2(s[mt][NC], P ? 0.f : s[mt][3]));
     }
     __syncwarp();
     auto vload = [&](int t, int d) -> uint32_t {
@@ -606,7 +646,14 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
         // a0: (ch_lo; t, t+1), a1: (ch_lo+1; t, t+1), a2/a3: tokens t+8, t+9.
         const uint32_t a0 = __byte_perm(x0, x1, 0x5410), a1 = __byte_perm(x0, x1, 0x7632);
         const uint32_t a2 = __byte_perm(x8, x9, 0x5410), a3 = __byte_perm(x8, x9, 0x7632);
-        Mma(o[mv], a0, a1, a2, a3, blo, bhi);
+        if constexpr (P) {
+          float t4[4] = {o[mv][0], 0.f, o[mv][1], 0.f};  // odd columns of p are zero
+          Mma(t4, a0, a1, a2, a3, blo, bhi);
+          o[mv][0] = t4[0];
+          o[mv][1] = t4[2];
+        } else {
+          Mma(o[mv], a0, a1, a2, a3, blo, bhi);
+        }
       }
     }
   };
@@ -642,7 +689,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
 
   // ---- merge the warps of this CTA ----
 #pragma unroll
-  for (int e = 0; e < 2; ++e) {
+  for (int e = 0; e < NC; ++e) {
     l_run[e] += __shfl_xor_sync(0xffffffffu, l_run[e], 4);
     l_run[e] += __shfl_xor_sync(0xffffffffu, l_run[e], 8);
     l_run[e] += __shfl_xor_sync(0xffffffffu, l_run[e], 16);
@@ -651,22 +698,28 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
   float* ms = reinterpret_cast<float*>(smem);  // [kWarps][8]
   float* ls = ms + kWarps * 8;                 // [kWarps][8]
   float* os = ls + kWarps * 8;                 // [kWarps][8][D]
-  if (g == 0) {
-    ms[warp * 8 + 2 * tig] = m_run[0];
-    ms[warp * 8 + 2 * tig + 1] = m_run[1];
-    ls[warp * 8 + 2 * tig] = l_run[0];
-    ls[warp * 8 + 2 * tig + 1] = l_run[1];
+  if constexpr (P) {
+    // Column tig = head tig; columns 4-7 are empty.
+    if (g < 2) {
+      ms[warp * 8 + 4 * g + tig] = g == 0 ? m_run[0] : -INFINITY;
+      ls[warp * 8 + 4 * g + tig] = g == 0 ? l_run[0] : 0.f;
+    }
+  } else if (g == 0) {
+#pragma unroll
+    for (int e = 0; e < NC; ++e) {
+      ms[warp * 8 + 2 * tig + e] = m_run[e];
+      ls[warp * 8 + 2 * tig + e] = l_run[e];
+    }
   }
 #pragma unroll
   for (int mv = 0; mv < MV; ++mv) {
     const int pi = mv % S::kNpc;
     const int ch = S::kChPerChunk * (mv / S::kNpc) + (S::kChPerChunk / 8) * g + 2 * pi;
-    float* o0 = os + (warp * 8 + 2 * tig) * D;
-    float* o1 = os + (warp * 8 + 2 * tig + 1) * D;
-    o0[ch] = o[mv][0];
-    o1[ch] = o[mv][1];
-    o0[ch + 1] = o[mv][2];
-    o1[ch + 1] = o[mv][3];
+#pragma unroll
+    for (int k = 0; k < 2 * NC; ++k) {
+      const int r = k / NC, e = k % NC;
+      os[(warp * 8 + (P ? tig : 2 * tig + e)) * D + ch + r] = o[mv][k];
+    }
   }
   __syncthreads();
   // Combined, normalized (rotated) output per column into q_s; lse (log2) per column.
@@ -1040,12 +1093,12 @@ SplitPlan PlanSplits(int batch, int num_kv_heads, int col_groups, int max_seq_le
 template <int D, int G, int VB>
 cudaError_t LaunchDecode(const AttnArgs& a, cudaStream_t stream) {
   using S = AttnShape<D, G, VB>;
-  cudaError_t e =
-      cudaFuncSetAttribute(DecodeKernel<D, G, VB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(S::kSmemBytes));
+  auto* kernel = a.packed ? DecodeKernel<D, G, VB, true> : DecodeKernel<D, G, VB, false>;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(S::kSmemBytes));
   if (e != cudaSuccess) return e;
   const dim3 grid(a.num_splits, a.num_kv_heads * a.col_groups, a.batch);
-  DecodeKernel<D, G, VB><<<grid, kWarps * 32, S::kSmemBytes, stream>>>(a);
+  kernel<<<grid, kWarps * 32, S::kSmemBytes, stream>>>(a);
   e = cudaGetLastError();
   if (e != cudaSuccess || a.num_splits == 1) return e;
   const int64_t rows = static_cast<int64_t>(a.batch) * a.num_q_heads * a.num_query_tokens;
@@ -1100,6 +1153,7 @@ cudaError_t DecodeAttention(const DecodeAttentionParams& p, cudaStream_t stream)
   a.col_groups = (a.num_cols + 7) / 8;
   a.batch = p.batch;
   a.packed = a.num_cols <= 4;
+  a.magic = kMagic;
   const int g = GetPresetInfo(p.preset).group_size;
   const SplitPlan plan =
       PlanSplits(p.batch, p.num_kv_heads, a.col_groups, p.max_seq_len, g, p.force_num_splits);

@@ -148,7 +148,10 @@ struct AttnShape {
   // the V product can run as a rolled loop (small code: the kernel was instruction-fetch
   // bound when fully unrolled).
   static constexpr size_t kScratchBytes = kWarps * kMt * 32 * 8;
-  static constexpr size_t kSmemBytes = kWarps * kStages * kStageBytes + kQBytes + kScratchBytes;
+  // Per-warp (zp_V / s_row_V, zp_V where s_row_V = 0) per token of the current tile.
+  static constexpr size_t kRzBytes = kWarps * G * sizeof(float2);
+  static constexpr size_t kSmemBytes =
+      kWarps * kStages * kStageBytes + kQBytes + kScratchBytes + kRzBytes;
   static_assert(kRecord % 16 == 0, "records stream in 16-byte chunks");
   static_assert(kKChunks % 32 == 0 && kVChunks % 32 == 0, "code regions are whole warps of chunks");
   static_assert(kL.v_codes_offset % 16 == 0, "V codes start on a chunk");
@@ -156,6 +159,18 @@ struct AttnShape {
   static_assert(kWarps * (8 * D + 16) * sizeof(float) <= kWarps * kStages * kStageBytes,
                 "merge scratch fits in the stage buffers");
 };
+
+// cp.async of the chunks [B, E) of a record, unswizzled; src = record + 16·lane.
+template <int B, int E>
+__device__ __forceinline__ void CopyPlain(uint32_t buf_s, const uint8_t* src, int lane) {
+  constexpr int kN = E - B;
+#pragma unroll
+  for (int i = 0; i < (kN + 31) / 32; ++i) {
+    if (32 * (i + 1) <= kN || lane + 32 * i < kN) {
+      CpAsync16(buf_s + (B + lane) * 16 + 512 * i, src + B * 16 + 512 * i);
+    }
+  }
+}
 
 template <int R>
 __device__ __forceinline__ int SwizzleK(int q) {
@@ -182,6 +197,9 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
   float* q_s = reinterpret_cast<float*>(smem + kWarps * kStages * S::kStageBytes);  // [8][D]
   uint32_t* const pscr = reinterpret_cast<uint32_t*>(
       smem + kWarps * kStages * S::kStageBytes + S::kQBytes + (threadIdx.x / 32) * (MT * 32 * 8));
+  float2* const rz = reinterpret_cast<float2*>(smem + kWarps * kStages * S::kStageBytes +
+                                               S::kQBytes + S::kScratchBytes) +
+                     (threadIdx.x / 32) * G;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, tig = lane % 4;
@@ -262,35 +280,52 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     return a.tile_pages + static_cast<int64_t>(e) * a.tile_page_stride +
            static_cast<int64_t>(h) * S::kRecord;
   };
-  auto issue_k = [&](int j) {
-    const uint8_t* rec = record_of(j);
-    if (rec != nullptr) {
-      // K codes: chunk q = lane + 32i; the swizzle term (q >> 3) & (R-1) only depends on
-      // the lane (32i adds multiples of 4 to q >> 3).
-      const int pl = lane ^ ((lane >> 3) & (S::kKRowChunks - 1));
+  // Chunk q = lane + 32i of a region: the source is this lane's base + 512i (immediate
+  // offsets); the code regions' swizzle terms depend on the lane and on i mod a period.
+  constexpr int kVShift = (S::kVRowChunks == 2 ? 1 : 2) + 2;
+  constexpr int kVPeriod = 8 / (32 >> kVShift);
+  const int k_dst = (lane ^ ((lane >> 3) & (S::kKRowChunks - 1))) * 16;
+  int v_dst[kVPeriod];
 #pragma unroll
-      for (int i = 0; i < S::kKChunks / 32; ++i) {
-        CpAsync16(buf_s + (pl + 32 * i) * 16, rec + (lane + 32 * i) * 16);
+  for (int r = 0; r < kVPeriod; ++r) {
+    v_dst[r] = (S::kVOffChunks + (lane ^ (((lane >> kVShift) + r * (32 >> kVShift)) & 7))) * 16;
+  }
+  // ldmatrix addresses (bytes from the K codes / V codes) of this lane at ks = 0 / c = 0:
+  // the swizzles commute with whole k-steps (16 K rows) and token groups (32 V rows).
+  int k_ld[S::kKRowChunks / 2], v_ld[2][S::kVRowChunks / 2];
+  {
+    const int jj = lane >> 3, rho = lane & 7;
+#pragma unroll
+    for (int cp = 0; cp < S::kKRowChunks / 2; ++cp) {
+      const int d = 8 * (jj & 1) + rho, c = 2 * cp + (jj >> 1);
+      k_ld[cp] = SwizzleK<S::kKRowChunks>(d * S::kKRowChunks + c) * 16;
+    }
+#pragma unroll
+    for (int ip = 0; ip < 2; ++ip) {
+#pragma unroll
+      for (int cp = 0; cp < S::kVRowChunks / 2; ++cp) {
+        const int t = 8 * (rho >> 1) + 4 * (rho & 1) + 2 * ip + (jj & 1);
+        v_ld[ip][cp] = SwizzleV<S::kVRowChunks>(t * S::kVRowChunks + 2 * cp + (jj >> 1)) * 16;
       }
-      for (int q = S::kKChunks + lane; q < S::kVOffChunks; q += 32) {
-        CpAsync16(buf_s + q * 16, rec + q * 16);
-      }
+    }
+  }
+  auto issue_k = [&](const uint8_t* rec) {
+    if (rec != nullptr) {
+      const uint8_t* src = rec + lane * 16;
+#pragma unroll
+      for (int i = 0; i < S::kKChunks / 32; ++i) CpAsync16(buf_s + k_dst + 512 * i, src + 512 * i);
+      CopyPlain<S::kKChunks, S::kVOffChunks>(buf_s, src, lane);
     }
     CpAsyncCommit();
   };
-  auto issue_v = [&](int j) {
-    const uint8_t* rec = record_of(j);
+  auto issue_v = [&](const uint8_t* rec) {
     if (rec != nullptr) {
-      constexpr int kShift = (S::kVRowChunks == 2 ? 1 : 2) + 2;
+      const uint8_t* src = rec + lane * 16;
 #pragma unroll
       for (int i = 0; i < S::kVChunks / 32; ++i) {
-        const int q = lane + 32 * i;
-        const int p = q ^ ((q >> kShift) & 7);
-        CpAsync16(buf_s + (S::kVOffChunks + p) * 16, rec + (S::kVOffChunks + q) * 16);
+        CpAsync16(buf_s + v_dst[i % kVPeriod] + 512 * i, src + (S::kVOffChunks + 32 * i) * 16);
       }
-      for (int q = S::kVOffChunks + S::kVChunks + lane; q < S::kRecord / 16; q += 32) {
-        CpAsync16(buf_s + q * 16, rec + q * 16);
-      }
+      CopyPlain<S::kVOffChunks + S::kVChunks, S::kRecord / 16>(buf_s, src, lane);
     }
     CpAsyncCommit();
   };
@@ -393,11 +428,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
       }
 #pragma unroll
       for (int cp = 0; cp < S::kKRowChunks / 2; ++cp) {
-        const int j = lane >> 3, rho = lane & 7;
-        const int d = 16 * ks + 8 * (j & 1) + rho;
-        const int c = 2 * cp + (j >> 1);
         uint32_t y[4];
-        LdMatrixX4T(rec_s + SwizzleK<S::kKRowChunks>(d * S::kKRowChunks + c) * 16, y);
+        LdMatrixX4T(rec_s + ks * (16 * S::kKRowChunks * 16) + k_ld[cp], y);
 #pragma unroll
         for (int cc = 0; cc < 2; ++cc) {
 #pragma unroll
@@ -446,13 +478,16 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
         for (int k = 0; k < 2 * NC; ++k) {
           s[mt][k] = sr[k / NC] * fmaf(s[mt][k], 1.f / 16.f, c16[k % NC]);
         }
-        if (tok_base + G > lim_min || ntok < G) {
-          const int t = 32 * c + 4 * g + 2 * ip;
+      }
+    }
+    if (tok_base + G > lim_min || ntok < G) {  // partial or causal tile (rare): mask
 #pragma unroll
-          for (int k = 0; k < 2 * NC; ++k) {
-            const int tk = t + k / NC;
-            if (tk >= ntok || tok_base + tk >= lim[k % NC]) s[mt][k] = -INFINITY;
-          }
+      for (int mt = 0; mt < MT; ++mt) {
+        const int t = 32 * (mt / 2) + 4 * g + 2 * (mt % 2);
+#pragma unroll
+        for (int k = 0; k < 2 * NC; ++k) {
+          const int tk = t + k / NC;
+          if (tk >= ntok || tok_base + tk >= lim[k % NC]) s[mt][k] = -INFINITY;
         }
       }
     }
@@ -465,6 +500,25 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     // p' = p·s_row_V (fp16), P' = Σ p' (rounded values), Z = Σ (p'/s_row_V)·zp_V: the
     // zero-point term uses the same rounded weights as the code term, so fp16 rounding
     // of p' perturbs the weights (like fp16 P in flash attention), not the V values.
+    // Where s_row_V = 0 the code term vanishes and Z takes p·zp_V. Per token, 4 per lane
+    // into the warp's scratch: (r, z0) = (zp_V / s_row_V, 0), or (0, zp_V) if s_row_V = 0.
+    if (4 * lane < G) {
+      const uint2 rs = *reinterpret_cast<const uint2*>(rec + L.s_row_v_offset + 8 * lane);
+      const uint2 rzv = *reinterpret_cast<const uint2*>(rec + L.zp_v_offset + 8 * lane);
+      const float2 s01 = UnpackHalf2(rs.x), s23 = UnpackHalf2(rs.y);
+      const float2 z01 = UnpackHalf2(rzv.x), z23 = UnpackHalf2(rzv.y);
+      const float sv[4] = {s01.x, s01.y, s23.x, s23.y}, zv[4] = {z01.x, z01.y, z23.x, z23.y};
+      float w[8];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        w[2 * k] = sv[k] != 0.f ? zv[k] / sv[k] : 0.f;
+        w[2 * k + 1] = sv[k] != 0.f ? 0.f : zv[k];
+      }
+      float4* dst = reinterpret_cast<float4*>(rz + 4 * lane);
+      dst[0] = make_float4(w[0], w[1], w[2], w[3]);
+      dst[1] = make_float4(w[4], w[5], w[6], w[7]);
+    }
+    __syncwarp();
     float psum[NC], zsum[NC];
 #pragma unroll
     for (int e = 0; e < NC; ++e) psum[e] = zsum[e] = 0.f;
@@ -472,26 +526,25 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     for (int c = 0; c < G / 32; ++c) {
       const uint2 rs =
           *reinterpret_cast<const uint2*>(rec + L.s_row_v_offset + 2 * (32 * c + 4 * g));
-      const uint2 rz = *reinterpret_cast<const uint2*>(rec + L.zp_v_offset + 2 * (32 * c + 4 * g));
       const float2 s01 = UnpackHalf2(rs.x), s23 = UnpackHalf2(rs.y);
-      const float2 z01 = UnpackHalf2(rz.x), z23 = UnpackHalf2(rz.y);
 #pragma unroll
       for (int ip = 0; ip < 2; ++ip) {
         const int mt = 2 * c + ip;
         const float svl = ip ? s23.x : s01.x, svh = ip ? s23.y : s01.y;
-        const float zl = ip ? z23.x : z01.x, zh = ip ? z23.y : z01.y;
+        // (r, z0) of tokens 32c + 4g + 2ip (row g) and + 1 (row g + 8).
+        const float4 w = *reinterpret_cast<const float4*>(rz + 32 * c + 4 * g + 2 * ip);
         // P: p' of head tig in the low half (column 2tig), zero in column 2tig + 1.
         const uint32_t lo = PackHalf2(s[mt][0] * svl, P ? 0.f : s[mt][1] * svl);
         const uint32_t hi = PackHalf2(s[mt][NC] * svh, P ? 0.f : s[mt][3] * svh);
         const float2 lf = UnpackHalf2(lo), hf = UnpackHalf2(hi);
-        const float rl = svl != 0.f ? __fdividef(zl, svl) : 0.f;
-        const float rh = svh != 0.f ? __fdividef(zh, svh) : 0.f;
 #pragma unroll
         for (int e = 0; e < NC; ++e) {
           const float pl = e ? lf.y : lf.x, ph = e ? hf.y : hf.x;
           psum[e] += pl + ph;
-          zsum[e] += svl != 0.f ? pl * rl : s[mt][e] * zl;
-          zsum[e] += svh != 0.f ? ph * rh : s[mt][NC + e] * zh;
+          zsum[e] = fmaf(pl, w.x, zsum[e]);
+          zsum[e] = fmaf(s[mt][e], w.y, zsum[e]);
+          zsum[e] = fmaf(ph, w.z, zsum[e]);
+          zsum[e] = fmaf(s[mt][NC + e], w.w, zsum[e]);
         }
         pscr[(mt * 32 + lane) * 2] = MovTrans(lo);
         pscr[(mt * 32 + lane) * 2 + 1] = MovTrans(hi);
@@ -511,16 +564,15 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     for (int i = 0; i < MV; ++i) va[i][0] = va[i][1] = va[i][2] = va[i][3] = 0.f;
     const uint32_t v_s = rec_s + static_cast<uint32_t>(L.v_codes_offset);
 #pragma unroll kVUnroll
-    for (int mt = 0; mt < MT; ++mt) {
-      const int c = mt / 2, ip = mt % 2;
+    for (int c = 0; c < MT / 2; ++c) {
+#pragma unroll
+    for (int ip = 0; ip < 2; ++ip) {
+      const int mt = 2 * c + ip;
       const uint2 bb = *reinterpret_cast<const uint2*>(&pscr[(mt * 32 + lane) * 2]);
 #pragma unroll
       for (int cp = 0; cp < S::kVRowChunks / 2; ++cp) {
-        const int j = lane >> 3, rho = lane & 7;
-        const int t = 32 * c + 8 * (rho >> 1) + 4 * (rho & 1) + 2 * ip + (j & 1);
-        const int ch = 2 * cp + (j >> 1);
         uint32_t y[4];
-        LdMatrixX4T(v_s + SwizzleV<S::kVRowChunks>(t * S::kVRowChunks + ch) * 16, y);
+        LdMatrixX4T(v_s + c * (32 * S::kVRowChunks * 16) + v_ld[ip][cp], y);
 #pragma unroll
         for (int cc = 0; cc < 2; ++cc) {
           const int chunk = 2 * cp + cc;
@@ -552,6 +604,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
           }
         }
       }
+    }
     }
     // out += s_col_V·(va/f + Z - [offset]·1024·P'/f).
 #pragma unroll
@@ -660,8 +713,11 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
 
   // Pipeline: tile k of this warp is block blk_begin + warp + k*kWarps.
   int j = blk_begin + warp;
-  issue_k(j);
-  issue_v(j);
+  {
+    const uint8_t* rec = record_of(j);
+    issue_k(rec);
+    issue_v(rec);
+  }
   for (; j < blk_end; j += kWarps) {
     CpAsyncWait1();  // K half of tile j (its V half may still be in flight)
     __syncwarp();
@@ -678,12 +734,13 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
                    reinterpret_cast<uint32_t*>(buf));
     }
     __syncwarp();
-    issue_k(j + kWarps);
+    const uint8_t* rec_next = record_of(j + kWarps);
+    issue_k(rec_next);
     CpAsyncWait1();  // V half of tile j
     __syncwarp();
     if (e >= 0) phase_b(buf, s);
     __syncwarp();
-    issue_v(j + kWarps);
+    issue_v(rec_next);
   }
   CpAsyncWait0();
 

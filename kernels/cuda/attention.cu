@@ -56,6 +56,7 @@ struct AttnArgs {
   int batch, num_splits, blocks_per_split;
   bool packed;  // <= 4 columns: column 2j holds head j's q' hi part, 2j+1 its lo part
   uint32_t magic;  // kMagic, passed at run time so that it stays in a register (one LOP3)
+  bool q_vec;      // q is 16-byte aligned: 16-byte loads
   float scale_log2;
   DType q_dtype;
   const void* q;
@@ -147,7 +148,8 @@ struct AttnShape {
   // Per-warp scratch for the p' fragments of one tile ([MT][32 lanes][2] u32), so that
   // the V product can run as a rolled loop (small code: the kernel was instruction-fetch
   // bound when fully unrolled).
-  static constexpr size_t kScratchBytes = kWarps * kMt * 32 * 8;
+  // (also the packed kernel's q' fragments of the K half: [kKs][32 lanes][2] u32)
+  static constexpr size_t kScratchBytes = kWarps * (kMt > kKs ? kMt : kKs) * 32 * 8;
   // Per-warp (zp_V / s_row_V, zp_V where s_row_V = 0) per token of the current tile.
   static constexpr size_t kRzBytes = kWarps * G * sizeof(float2);
   static constexpr size_t kSmemBytes =
@@ -195,8 +197,9 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
   const uint32_t magic = a.magic;
   extern __shared__ __align__(128) uint8_t smem[];
   float* q_s = reinterpret_cast<float*>(smem + kWarps * kStages * S::kStageBytes);  // [8][D]
-  uint32_t* const pscr = reinterpret_cast<uint32_t*>(
-      smem + kWarps * kStages * S::kStageBytes + S::kQBytes + (threadIdx.x / 32) * (MT * 32 * 8));
+  uint32_t* const pscr =
+      reinterpret_cast<uint32_t*>(smem + kWarps * kStages * S::kStageBytes + S::kQBytes +
+                                  (threadIdx.x / 32) * (S::kScratchBytes / kWarps));
   float2* const rz = reinterpret_cast<float2*>(smem + kWarps * kStages * S::kStageBytes +
                                                S::kQBytes + S::kScratchBytes) +
                      (threadIdx.x / 32) * G;
@@ -223,32 +226,43 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     return i * a.num_q_heads + h * a.group + j;
   };
 
-  // ---- q: load the CTA's columns, rotate (FWHT), keep q_rot[head g] in registers ----
-  for (int idx = tid; idx < 8 * D; idx += kWarps * 32) {
-    const int n = idx / D, d = idx % D;
+  // ---- q: each thread loads 8 channels of one of the CTA's 8 columns and rotates them
+  // (FWHT: 3 butterfly stages in registers, 4 across the column's 16 threads) ----
+  static_assert(D == 128 && kWarps * 32 == 8 * 16, "8 columns x 16 threads x 8 channels");
+  {
+    const int n = tid >> 4, d0 = (tid & 15) * 8;
     int lim;
     const int row = col_row(n, lim);
-    q_s[n * S::kQPitch + d] =
-        row >= 0 ? internal::LoadAsFloat(
-                       a.q, (static_cast<int64_t>(b) * rows_per_req + row) * D + d, a.q_dtype)
-                 : 0.f;
+    float x[8];
+    if (row < 0) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) x[k] = 0.f;
+    } else {
+      const int64_t base = (static_cast<int64_t>(b) * rows_per_req + row) * D + d0;
+      if (a.q_vec) {
+        internal::Unpack8(*reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(a.q) + base),
+                          a.q_dtype, x);
+      } else {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) x[k] = internal::LoadAsFloat(a.q, base + k, a.q_dtype);
+      }
+    }
+    internal::HadamardLocal<8>(x);
+#pragma unroll
+    for (int m = 1; m < 16; m <<= 1) {
+      const bool upper = (tid & m) != 0;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const float other = __shfl_xor_sync(0xffffffffu, x[k], m);
+        x[k] = upper ? other - x[k] : x[k] + other;
+      }
+    }
+    const float sc = static_cast<float>(1.0 / sqrt(static_cast<double>(D)));
+    float4* dst = reinterpret_cast<float4*>(q_s + n * S::kQPitch + d0);
+    dst[0] = make_float4(x[0] * sc, x[1] * sc, x[2] * sc, x[3] * sc);
+    dst[1] = make_float4(x[4] * sc, x[5] * sc, x[6] * sc, x[7] * sc);
   }
   __syncthreads();
-  {
-    const float sc = static_cast<float>(1.0 / sqrt(static_cast<double>(D)));
-    for (int hh = 1; hh < D; hh <<= 1) {
-      for (int i = tid; i < 8 * D / 2; i += kWarps * 32) {
-        const int n = i / (D / 2), k = i % (D / 2);
-        const int lo = n * S::kQPitch + (k / hh) * 2 * hh + (k % hh);
-        const float x0 = q_s[lo], x1 = q_s[lo + hh];
-        q_s[lo] = x0 + x1;
-        q_s[lo + hh] = x0 - x1;
-      }
-      __syncthreads();
-    }
-    for (int i = tid; i < 8 * D; i += kWarps * 32) q_s[(i / D) * S::kQPitch + i % D] *= sc;
-    __syncthreads();
-  }
   // q_rot[col g][16ks + 8hh + 2tig + {0,1}], read from shared memory per tile (keeps 32
   // registers free).
   const float* q_me = q_s + (P ? (g >> 1) : g) * S::kQPitch + 2 * tig;
@@ -407,11 +421,42 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) s[mt][0] = s[mt][1] = s[mt][2] = s[mt][3] = 0.f;
     float bias = 0.f, qsum = 0.f;
+    if constexpr (P) {
+      // q' hi/lo B fragments of every k-step into the warp's p' scratch (free during the K
+      // half), each (head, channel pair) once: lane (hd = lane >> 3, hh, tg) computes head
+      // hd's pair d = 16ks + 8hh + 2tg for the hi column's lane 8hd + tg and the lo
+      // column's lane 8hd + 4 + tg. bias and qsum: partial sums of head hd.
+      const int hd = lane >> 3, hh = (lane >> 2) & 1, tg = lane & 3;
+      const float* qh = q_s + hd * S::kQPitch + 8 * hh + 2 * tg;
+      const uint8_t* scp = rec + L.s_col_k_offset + 2 * (8 * hh + 2 * tg);
+      const uint8_t* zpp = rec + L.zp_k_offset + 2 * (8 * hh + 2 * tg);
+      uint32_t* wr = pscr + (8 * hd + tg) * 2 + hh;
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        const float2 sc = LoadHalf2(scp + 32 * ks);
+        const float2 zp = LoadHalf2(zpp + 32 * ks);
+        const float2 qv = *reinterpret_cast<const float2*>(qh + 16 * ks);
+        const float q0 = qv.x * sc.x, q1 = qv.y * sc.y;
+        const uint32_t hi = PackHalf2(q0, q1);
+        const float2 hf = UnpackHalf2(hi);
+        wr[ks * 64] = hi;
+        wr[ks * 64 + 8] = PackHalf2(q0 - hf.x, q1 - hf.y);
+        qsum += q0 + q1;  // hi + lo equals q' to 2^-22
+        bias = fmaf(qv.x, zp.x, bias);
+        bias = fmaf(qv.y, zp.y, bias);
+      }
+      __syncwarp();
+    }
 #pragma unroll kKsUnroll
     for (int ks = 0; ks < KS; ++ks) {
       uint32_t bqh[2], bql[2];
+      if constexpr (P) {
+        const uint2 bq = *reinterpret_cast<const uint2*>(&pscr[(ks * 32 + lane) * 2]);
+        bqh[0] = bq.x;
+        bqh[1] = bq.y;
+      }
 #pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
+      for (int hh = 0; hh < 2 && !P; ++hh) {
         const int d = 16 * ks + 8 * hh + 2 * tig;
         const float2 sc = LoadHalf2(rec + L.s_col_k_offset + 2 * d);
         const float2 zp = LoadHalf2(rec + L.zp_k_offset + 2 * d);
@@ -420,7 +465,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
         const uint32_t hi = PackHalf2(q0, q1);
         const float2 hf = UnpackHalf2(hi);
         const uint32_t lo = PackHalf2(q0 - hf.x, q1 - hf.y);
-        bqh[hh] = (P && (g & 1)) ? lo : hi;
+        bqh[hh] = hi;
         bql[hh] = lo;
         qsum += q0 + q1;  // hi + lo equals q' to 2^-22
         bias = fmaf(qv.x, zp.x, bias);
@@ -453,6 +498,10 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     qsum += __shfl_xor_sync(0xffffffffu, qsum, 2);
     bias += __shfl_xor_sync(0xffffffffu, bias, 1);
     bias += __shfl_xor_sync(0xffffffffu, bias, 2);
+    if constexpr (P) {  // head hd's 8 lanes: 8hd..8hd+7
+      qsum += __shfl_xor_sync(0xffffffffu, qsum, 4);
+      bias += __shfl_xor_sync(0xffffffffu, bias, 4);
+    }
     combine_packed(s);
     // Column n's q' lives in lanes 4n+* (P: head tig in lanes 8tig+*). (1024 + 16c)/16 = 64 + c.
     float c16[NC];
@@ -511,7 +560,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
       float w[8];
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        w[2 * k] = sv[k] != 0.f ? zv[k] / sv[k] : 0.f;
+        w[2 * k] = sv[k] != 0.f ? __fdividef(zv[k], sv[k]) : 0.f;
         w[2 * k + 1] = sv[k] != 0.f ? 0.f : zv[k];
       }
       float4* dst = reinterpret_cast<float4*>(rz + 4 * lane);
@@ -1211,6 +1260,7 @@ cudaError_t DecodeAttention(const DecodeAttentionParams& p, cudaStream_t stream)
   a.batch = p.batch;
   a.packed = a.num_cols <= 4;
   a.magic = kMagic;
+  a.q_vec = (reinterpret_cast<uintptr_t>(p.q) & 15) == 0;
   const int g = GetPresetInfo(p.preset).group_size;
   const SplitPlan plan =
       PlanSplits(p.batch, p.num_kv_heads, a.col_groups, p.max_seq_len, g, p.force_num_splits);

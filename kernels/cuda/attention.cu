@@ -257,7 +257,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
         x[k] = upper ? other - x[k] : x[k] + other;
       }
     }
-    const float sc = static_cast<float>(1.0 / sqrt(static_cast<double>(D)));
+    // The softmax scale (log2 domain) rides on q_rot: scores come out scaled.
+    const float sc = static_cast<float>(1.0 / sqrt(static_cast<double>(D))) * a.scale_log2;
     float4* dst = reinterpret_cast<float4*>(q_s + n * S::kQPitch + d0);
     dst[0] = make_float4(x[0] * sc, x[1] * sc, x[2] * sc, x[3] * sc);
     dst[1] = make_float4(x[4] * sc, x[5] * sc, x[6] * sc, x[7] * sc);
@@ -382,20 +383,27 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
       tmax[e] = fmaxf(tmax[e], __shfl_xor_sync(0xffffffffu, tmax[e], 16));
     }
     float alpha[NC], mnew[NC];
+    bool grow = false;
 #pragma unroll
     for (int e = 0; e < NC; ++e) {
+      grow |= tmax[e] > m_run[e];
       mnew[e] = fmaxf(m_run[e], tmax[e]);
       // A column with no visible token yet keeps m = -inf; use 0 as base to avoid NaN.
       const float base = mnew[e] == -INFINITY ? 0.f : mnew[e];
       alpha[e] = Ex2(m_run[e] - base);
       m_run[e] = mnew[e];
       mnew[e] = base;
-      l_run[e] *= alpha[e];
     }
+    // Rescale only when some running max grew (alpha = 1 otherwise; a column still at
+    // -inf has o = l = 0).
+    if (__any_sync(0xffffffffu, grow)) {
 #pragma unroll
-    for (int i = 0; i < MV; ++i) {
+      for (int e = 0; e < NC; ++e) l_run[e] *= alpha[e];
 #pragma unroll
-      for (int k = 0; k < 2 * NC; ++k) o[i][k] *= alpha[k % NC];
+      for (int i = 0; i < MV; ++i) {
+#pragma unroll
+        for (int k = 0; k < 2 * NC; ++k) o[i][k] *= alpha[k % NC];
+      }
     }
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
@@ -521,8 +529,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
 #pragma unroll
       for (int ip = 0; ip < 2; ++ip) {
         const int mt = 2 * c + ip;
-        const float sr[2] = {(ip ? r23.x : r01.x) * a.scale_log2,
-                             (ip ? r23.y : r01.y) * a.scale_log2};
+        const float sr[2] = {ip ? r23.x : r01.x, ip ? r23.y : r01.y};
 #pragma unroll
         for (int k = 0; k < 2 * NC; ++k) {
           s[mt][k] = sr[k / NC] * fmaf(s[mt][k], 1.f / 16.f, c16[k % NC]);
@@ -721,7 +728,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
 #pragma unroll
       for (int k = 0; k < 2 * NC; ++k) {
         const int t = 16 * mt + g + 8 * (k / NC);
-        s[mt][k] = (t >= ntok || tok_base + t >= lim[k % NC]) ? -INFINITY : s[mt][k] * a.scale_log2;
+        if (t >= ntok || tok_base + t >= lim[k % NC]) s[mt][k] = -INFINITY;
       }
     }
     softmax_update(s);

@@ -292,9 +292,9 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
   // in while this tile's V half is consumed, and vice versa.
   uint8_t* const buf = stage_base;
   const uint32_t buf_s = SmemAddr(buf);
-  auto record_of = [&](int j) -> const uint8_t* {
-    if (j >= blk_end) return nullptr;
-    const int32_t e = bt[j];
+  // Block-table entry of block j (-1 past this split: nothing to copy) and its record.
+  auto entry_of = [&](int j) -> int32_t { return j < blk_end ? bt[j] : -1; };
+  auto record_of = [&](int32_t e) -> const uint8_t* {
     if (e < 0) return nullptr;
     return a.tile_pages + static_cast<int64_t>(e) * a.tile_page_stride +
            static_cast<int64_t>(h) * S::kRecord;
@@ -781,16 +781,20 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
   };
 
   // Pipeline: tile k of this warp is block blk_begin + warp + k*kWarps.
+  // Block-table entries are read one tile ahead of their copies (e_next: tile j + kWarps,
+  // loaded during tile j - kWarps), so no global load sits before a copy is issued.
   int j = blk_begin + warp;
+  int32_t e = entry_of(j);
+  int32_t e_next = entry_of(j + kWarps);
   {
-    const uint8_t* rec = record_of(j);
+    const uint8_t* rec = record_of(e);
     issue_k(rec);
     issue_v(rec);
   }
   for (; j < blk_end; j += kWarps) {
+    const int32_t e_after = entry_of(j + 2 * kWarps);
     CpAsyncWait1();  // K half of tile j (its V half may still be in flight)
     __syncwarp();
-    const int32_t e = bt[j];
     const int ntok = min(G, seq_len - j * G);
     float s[MT][4];
     if (e >= 0) {
@@ -803,13 +807,15 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
                    reinterpret_cast<uint32_t*>(buf));
     }
     __syncwarp();
-    const uint8_t* rec_next = record_of(j + kWarps);
+    const uint8_t* rec_next = record_of(e_next);
     issue_k(rec_next);
     CpAsyncWait1();  // V half of tile j
     __syncwarp();
     if (e >= 0) phase_b(buf, s);
     __syncwarp();
     issue_v(rec_next);
+    e = e_next;
+    e_next = e_after;
   }
   CpAsyncWait0();
 

@@ -9,11 +9,12 @@
 // per CTA. Per tile and warp:
 //   scores^T [tokens × 8 cols] = codes_K^T [tokens × D] · q'^T [D × 8]   (mma m16n8k16)
 //   out^T    [D × 8 cols]      = codes_V^T [D × tokens] · p'^T [tokens × 8]
-// with q' = q_rot·s_col_K split into fp16 hi + lo parts (two MMAs, or one MMA with hi in
-// columns 0-3 and lo in 4-7 when a CTA has at most 4 columns), so scores are
-// fp32-accurate, and p' = p·s_row_V in fp16 (the zero-point term uses the same rounded
-// weights). Codes become fp16 operands by a shift and one AND-OR with the 0x6400
-// exponent: every field sits at mantissa bits 4-7 (value 1024 + f·code, f = 16 or 64),
+// with q' = q_rot·s_col_K split into fp16 hi + lo parts, so scores are fp32-accurate:
+// two MMAs per code fragment, or, when a CTA has at most 4 columns (the packed kernel,
+// P = true), one MMA with head j's hi part in column 2j and its lo part in 2j+1, each lane
+// then owning one head. p' = p·s_row_V in fp16 (the zero-point term uses the same rounded
+// weights). Codes become fp16 operands by a shift and one LOP3 (AND-OR with the 0x6400
+// exponent): every field sits at mantissa bits 4-7 (value 1024 + f·code, f = 16 or 64),
 // so the 1024 offset is at most 43× the code term and survives the tensor core's fp32
 // accumulation; offsets and zero points come back as per-column corrections, f as
 // per-row factors. Each warp owns one record buffer: the K half of the next tile streams
@@ -58,7 +59,7 @@ constexpr float kLn2 = 0.6931471805599453f;
 struct AttnArgs {
   int num_q_heads, num_kv_heads, group, num_query_tokens, num_cols, col_groups;
   int batch, num_splits, blocks_per_split;
-  bool packed;  // <= 4 columns: column 2j holds head j's q' hi part, 2j+1 its lo part
+  bool packed;     // <= 4 columns: column 2j holds head j's q' hi part, 2j+1 its lo part
   uint32_t magic;  // kMagic, passed at run time so that it stays in a register (one LOP3)
   bool q_vec;      // q is 16-byte aligned: 16-byte loads
   float scale_log2;
@@ -634,46 +635,46 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
 #pragma unroll kVUnroll
     for (int c = 0; c < MT / 2; ++c) {
 #pragma unroll
-    for (int ip = 0; ip < 2; ++ip) {
-      const int mt = 2 * c + ip;
-      const uint2 bb = kPfRegs ? make_uint2(pf[mt][0], pf[mt][1])
-                               : *reinterpret_cast<const uint2*>(&pscr[(mt * 32 + lane) * 2]);
+      for (int ip = 0; ip < 2; ++ip) {
+        const int mt = 2 * c + ip;
+        const uint2 bb = kPfRegs ? make_uint2(pf[mt][0], pf[mt][1])
+                                 : *reinterpret_cast<const uint2*>(&pscr[(mt * 32 + lane) * 2]);
 #pragma unroll
-      for (int cp = 0; cp < S::kVRowChunks / 2; ++cp) {
-        uint32_t y[4];
-        LdMatrixX4T(v_s + c * (32 * S::kVRowChunks * 16) + v_ld[ip][cp], y);
+        for (int cp = 0; cp < S::kVRowChunks / 2; ++cp) {
+          uint32_t y[4];
+          LdMatrixX4T(v_s + c * (32 * S::kVRowChunks * 16) + v_ld[ip][cp], y);
 #pragma unroll
-        for (int cc = 0; cc < 2; ++cc) {
-          const int chunk = 2 * cp + cc;
-          if constexpr (VB == 2) {
-            // Field pairs (2pi, 2pi+1) moved to bits 4-7 of each half: f = 16 and 64.
+          for (int cc = 0; cc < 2; ++cc) {
+            const int chunk = 2 * cp + cc;
+            if constexpr (VB == 2) {
+              // Field pairs (2pi, 2pi+1) moved to bits 4-7 of each half: f = 16 and 64.
 #pragma unroll
-            for (int pi = 0; pi < 4; ++pi) {
-              const uint32_t y0 = y[2 * cc], y1 = y[2 * cc + 1];
-              const uint32_t z0 =
-                  pi == 0 ? (y0 << 4) : (pi == 1 ? y0 : (pi == 2 ? (y0 >> 4) : (y0 >> 8)));
-              const uint32_t z1 =
-                  pi == 0 ? (y1 << 4) : (pi == 1 ? y1 : (pi == 2 ? (y1 >> 4) : (y1 >> 8)));
-              const int mv = chunk * S::kNpc + pi;
-              Mma(va[mv], AndOr<0x00300030u>(z0, magic), AndOr<0x00C000C0u>(z0, magic),
-                  AndOr<0x00300030u>(z1, magic), AndOr<0x00C000C0u>(z1, magic), bb.x, bb.y);
-            }
-          } else {
-            // Nibble pairs (2pi, 2pi+1): row g field at bits 4-7 (f = 16) via a shift, row
-            // g+8 field at bits 4-7 (f = 16) of the next shift.
+              for (int pi = 0; pi < 4; ++pi) {
+                const uint32_t y0 = y[2 * cc], y1 = y[2 * cc + 1];
+                const uint32_t z0 =
+                    pi == 0 ? (y0 << 4) : (pi == 1 ? y0 : (pi == 2 ? (y0 >> 4) : (y0 >> 8)));
+                const uint32_t z1 =
+                    pi == 0 ? (y1 << 4) : (pi == 1 ? y1 : (pi == 2 ? (y1 >> 4) : (y1 >> 8)));
+                const int mv = chunk * S::kNpc + pi;
+                Mma(va[mv], AndOr<0x00300030u>(z0, magic), AndOr<0x00C000C0u>(z0, magic),
+                    AndOr<0x00300030u>(z1, magic), AndOr<0x00C000C0u>(z1, magic), bb.x, bb.y);
+              }
+            } else {
+              // Nibble pairs (2pi, 2pi+1): row g field at bits 4-7 (f = 16) via a shift, row
+              // g+8 field at bits 4-7 (f = 16) of the next shift.
 #pragma unroll
-            for (int pi = 0; pi < 2; ++pi) {
-              const uint32_t y0 = y[2 * cc], y1 = y[2 * cc + 1];
-              const uint32_t l0 = pi ? (y0 >> 4) : (y0 << 4), h0 = pi ? (y0 >> 8) : y0;
-              const uint32_t l1 = pi ? (y1 >> 4) : (y1 << 4), h1 = pi ? (y1 >> 8) : y1;
-              const int mv = chunk * S::kNpc + pi;
-              Mma(va[mv], AndOr<0x00F000F0u>(l0, magic), AndOr<0x00F000F0u>(h0, magic),
-                  AndOr<0x00F000F0u>(l1, magic), AndOr<0x00F000F0u>(h1, magic), bb.x, bb.y);
+              for (int pi = 0; pi < 2; ++pi) {
+                const uint32_t y0 = y[2 * cc], y1 = y[2 * cc + 1];
+                const uint32_t l0 = pi ? (y0 >> 4) : (y0 << 4), h0 = pi ? (y0 >> 8) : y0;
+                const uint32_t l1 = pi ? (y1 >> 4) : (y1 << 4), h1 = pi ? (y1 >> 8) : y1;
+                const int mv = chunk * S::kNpc + pi;
+                Mma(va[mv], AndOr<0x00F000F0u>(l0, magic), AndOr<0x00F000F0u>(h0, magic),
+                    AndOr<0x00F000F0u>(l1, magic), AndOr<0x00F000F0u>(h1, magic), bb.x, bb.y);
+              }
             }
           }
         }
       }
-    }
     }
     // out += s_col_V·(va/f + Z - [offset]·1024·P'/f).
 #pragma unroll

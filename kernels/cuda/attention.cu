@@ -179,6 +179,31 @@ __device__ __forceinline__ void CopyPlain(uint32_t buf_s, const uint8_t* src, in
   }
 }
 
+// The CTA's request, kv head and 8 columns (grid: split, kv head × column group, request).
+// Column n -> (query token i, head j of the group): its row of q/out and causal limit.
+struct CtaColumns {
+  int h, col0, b, seq_len, T, rows_per_req;
+  __device__ explicit CtaColumns(const AttnArgs& a)
+      : h(blockIdx.y / a.col_groups),
+        col0((blockIdx.y % a.col_groups) * 8),
+        b(blockIdx.z),
+        seq_len(a.seq_lens[blockIdx.z]),
+        T(a.num_query_tokens),
+        rows_per_req(a.num_q_heads * a.num_query_tokens) {}
+  // Row of column n (-1 if the CTA has no such column; limit 0), and its limit: the
+  // number of visible tokens (causal within the query tokens).
+  __device__ int Row(const AttnArgs& a, int n, int& limit) const {
+    const int c = col0 + n;
+    if (n >= 8 || c >= a.num_cols) {
+      limit = 0;
+      return -1;
+    }
+    const int i = c / a.group, j = c % a.group;
+    limit = seq_len - T + 1 + i;
+    return i * a.num_q_heads + h * a.group + j;
+  }
+};
+
 template <int R>
 __device__ __forceinline__ int SwizzleK(int q) {
   return q ^ ((q >> 3) & (R - 1));
@@ -212,24 +237,12 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, tig = lane % 4;
   const int split = blockIdx.x;
-  const int h = blockIdx.y / a.col_groups;
-  const int col0 = (blockIdx.y % a.col_groups) * 8;
-  const int b = blockIdx.z;
-  const int seq_len = a.seq_lens[b];
-  const int T = a.num_query_tokens;
-  const int rows_per_req = a.num_q_heads * T;
+  const CtaColumns cta(a);
+  const int h = cta.h, b = cta.b, seq_len = cta.seq_len, T = cta.T;
+  const int rows_per_req = cta.rows_per_req;
 
   // Column n of this CTA -> (query token i, head j of the group); row of q/out.
-  auto col_row = [&](int n, int& limit) -> int {
-    const int c = col0 + n;
-    if (n >= 8 || c >= a.num_cols) {
-      limit = 0;
-      return -1;
-    }
-    const int i = c / a.group, j = c % a.group;
-    limit = seq_len - T + 1 + i;
-    return i * a.num_q_heads + h * a.group + j;
-  };
+  auto col_row = [&](int n, int& limit) -> int { return cta.Row(a, n, limit); };
 
   // ---- q: each thread loads 8 channels of one of the CTA's 8 columns and rotates them
   // (FWHT: 3 butterfly stages in registers, 4 across the column's 16 threads) ----
@@ -889,16 +902,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
   // Single split: un-rotate and write.
   {
     const float sc = static_cast<float>(1.0 / sqrt(static_cast<double>(D)));
-    for (int hh = 1; hh < D; hh <<= 1) {
-      for (int i = tid; i < 8 * D / 2; i += kWarps * 32) {
-        const int n = i / (D / 2), k = i % (D / 2);
-        const int lo = n * D + (k / hh) * 2 * hh + (k % hh);
-        const float x0 = res[lo], x1 = res[lo + hh];
-        res[lo] = x0 + x1;
-        res[lo + hh] = x0 - x1;
-      }
-      __syncthreads();
-    }
+    internal::FwhtRowsShared(res, 8, D, D, tid, kWarps * 32);
     for (int idx = tid; idx < 8 * D; idx += kWarps * 32) {
       const int n = idx / D, d = idx % D;
       int lim;
@@ -966,24 +970,12 @@ __global__ void __launch_bounds__(kWarps * 32)
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int split = blockIdx.x;
-  const int h = blockIdx.y / a.col_groups;
-  const int col0 = (blockIdx.y % a.col_groups) * 8;
-  const int b = blockIdx.z;
-  const int seq_len = a.seq_lens[b];
-  const int T = a.num_query_tokens;
-  const int rows_per_req = a.num_q_heads * T;
+  const CtaColumns cta(a);
+  const int h = cta.h, b = cta.b, seq_len = cta.seq_len;
+  const int rows_per_req = cta.rows_per_req;
   const int G = L.group_size, KB = L.key_bits, VB = L.value_bits;
 
-  auto col_row = [&](int n, int& limit) -> int {
-    const int c = col0 + n;
-    if (n >= 8 || c >= a.num_cols) {
-      limit = 0;
-      return -1;
-    }
-    const int i = c / a.group, j = c % a.group;
-    limit = seq_len - T + 1 + i;
-    return i * a.num_q_heads + h * a.group + j;
-  };
+  auto col_row = [&](int n, int& limit) -> int { return cta.Row(a, n, limit); };
 
   for (int idx = tid; idx < 8 * D; idx += NT) {
     const int n = idx / D, d = idx % D;
@@ -1003,16 +995,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
   __syncthreads();
   const float fsc = static_cast<float>(1.0 / sqrt(static_cast<double>(D)));
-  for (int hh = 1; hh < D; hh <<= 1) {
-    for (int i = tid; i < 8 * D / 2; i += NT) {
-      const int n = i / (D / 2), k = i % (D / 2);
-      const int lo = n * D + (k / hh) * 2 * hh + (k % hh);
-      const float x0 = q_s[lo], x1 = q_s[lo + hh];
-      q_s[lo] = x0 + x1;
-      q_s[lo + hh] = x0 - x1;
-    }
-    __syncthreads();
-  }
+  internal::FwhtRowsShared(q_s, 8, D, D, tid, NT);
   for (int i = tid; i < 8 * D; i += NT) q_s[i] *= fsc;
   __syncthreads();
 
@@ -1147,16 +1130,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
     return;
   }
-  for (int hh = 1; hh < D; hh <<= 1) {
-    for (int i = tid; i < 8 * D / 2; i += NT) {
-      const int n = i / (D / 2), k = i % (D / 2);
-      const int lo = n * D + (k / hh) * 2 * hh + (k % hh);
-      const float x0 = res[lo], x1 = res[lo + hh];
-      res[lo] = x0 + x1;
-      res[lo + hh] = x0 - x1;
-    }
-    __syncthreads();
-  }
+  internal::FwhtRowsShared(res, 8, D, D, tid, NT);
   for (int idx = tid; idx < 8 * D; idx += NT) {
     const int n = idx / D, d = idx % D;
     int lim;

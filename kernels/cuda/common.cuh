@@ -63,6 +63,23 @@ __device__ __forceinline__ void HadamardLocal(float* x) {
   }
 }
 
+// Unnormalized FWHT of `rows` vectors of n floats (vector r at x + r·pitch) in shared
+// memory, by the `nthreads` threads of the CTA (index tid). Every thread of the CTA calls
+// it; it synchronizes after each stage (the caller synchronizes before).
+__device__ __forceinline__ void FwhtRowsShared(float* x, int rows, int n, int pitch, int tid,
+                                               int nthreads) {
+  for (int hh = 1; hh < n; hh <<= 1) {
+    for (int i = tid; i < rows * n / 2; i += nthreads) {
+      const int r = i / (n / 2), k = i % (n / 2);
+      const int lo = r * pitch + (k / hh) * 2 * hh + (k % hh);
+      const float x0 = x[lo], x1 = x[lo + hh];
+      x[lo] = x0 + x1;
+      x[lo + hh] = x0 - x1;
+    }
+    __syncthreads();
+  }
+}
+
 // Orthonormal FWHT of `n` floats in shared memory, done by `nthreads` cooperating threads
 // (thread index `tid`); the caller synchronizes before and after. n is a power of two.
 __device__ __forceinline__ void FwhtShared(float* x, int n, int tid, int nthreads) {

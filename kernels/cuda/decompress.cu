@@ -66,16 +66,7 @@ __global__ void __launch_bounds__(kThreads) DecompressKernel(const DecompressArg
   }
   __syncthreads();
   if (!a.rotated) {
-    for (int hh = 1; hh < D; hh <<= 1) {
-      for (int i = threadIdx.x; i < G * D / 2; i += kThreads) {
-        const int t = i / (D / 2), k = i % (D / 2);
-        const int lo = t * D + (k / hh) * 2 * hh + (k % hh);
-        const float x0 = buf[lo], x1 = buf[lo + hh];
-        buf[lo] = x0 + x1;
-        buf[lo + hh] = x0 - x1;
-      }
-      __syncthreads();
-    }
+    internal::FwhtRowsShared(buf, G, D, D, threadIdx.x, kThreads);
     const float sc = static_cast<float>(1.0 / sqrt(static_cast<double>(D)));
     for (int i = threadIdx.x; i < G * D; i += kThreads) buf[i] *= sc;
     __syncthreads();

@@ -1,0 +1,261 @@
+// Proof by test of kernels/cpu/exact_div.h: Markstein's quotient with a precomputed
+// correctly rounded reciprocal equals the IEEE division x / a bit for bit.
+//
+// Why these cases suffice for the fast path: with no underflow or overflow (which the
+// ranges of exact_div.h rule out), every step scales exactly with the exponents and signs
+// of x and a, so whether RN(q0 + r*inv) == RN(x/a) depends only on the two significands.
+// The test covers every one of the 2^23 dividend significands for adversarial divisors,
+// the divisor significands for which the quotient lies closest to a rounding boundary
+// (constructed, not found by chance), and random pairs drawn from the ranges the compress
+// kernel produces and from the whole fast range, exponent corners included. The reference
+// is the host's float division (IEEE binary32, correctly rounded); the host side of the
+// helpers is plain float operations and std::fma, so nothing is contracted or reordered.
+#include "kernels/cpu/exact_div.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <bit>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace kvtier::kernels::exact_div {
+namespace {
+
+uint32_t Bits(float f) { return std::bit_cast<uint32_t>(f); }
+
+float FromBits(uint32_t b) { return std::bit_cast<float>(b); }
+
+// A float with the given significand bits (23) and unbiased exponent.
+float Make(uint32_t significand, int exponent) {
+  return FromBits((static_cast<uint32_t>(exponent + 127) << 23) | (significand & 0x7fffffu));
+}
+
+// Bit equality; any NaN equals any NaN.
+bool Same(float a, float b) { return Bits(a) == Bits(b) || (std::isnan(a) && std::isnan(b)); }
+
+// Tallies MarksteinQuotient (no range checks) against IEEE division.
+struct Tally {
+  int64_t checked = 0;
+  int64_t mismatches = 0;
+  float first_x = 0, first_a = 0;
+
+  void Fast(float x, float a, float inv) {
+    ++checked;
+    if (Bits(MarksteinQuotient(x, a, inv)) != Bits(x / a) && mismatches++ == 0) {
+      first_x = x;
+      first_a = a;
+    }
+  }
+  void Fast(float x, float a) { Fast(x, a, Reciprocal(a)); }
+};
+
+std::string Describe(const Tally& t) {
+  char buf[160];
+  std::snprintf(buf, sizeof(buf), "%lld of %lld differ; first: %a / %a", (long long)t.mismatches,
+                (long long)t.checked, t.first_x, t.first_a);
+  return buf;
+}
+
+TEST(ExactDivTest, ReciprocalIsCorrectlyRoundedAndRangesAreAsDocumented) {
+  EXPECT_EQ(Reciprocal(4.0f), 0.25f);
+  EXPECT_EQ(Bits(Reciprocal(3.0f)), 0x3eaaaaabu);  // RN(1/3)
+  EXPECT_TRUE(DivisorInRange(0x1p-40f));
+  EXPECT_TRUE(DivisorInRange(-0x1p40f));
+  EXPECT_FALSE(DivisorInRange(std::nextafter(0x1p-40f, 0.0f)));
+  EXPECT_FALSE(DivisorInRange(std::nextafter(0x1p40f, INFINITY)));
+  EXPECT_FALSE(DivisorInRange(NAN));
+  EXPECT_TRUE(DividendInRange(-0x1p-70f));
+  EXPECT_TRUE(DividendInRange(0x1p70f));
+  EXPECT_FALSE(DividendInRange(0.0f));
+  EXPECT_FALSE(DividendInRange(std::nextafter(0x1p-70f, 0.0f)));
+  EXPECT_FALSE(DividendInRange(std::nextafter(0x1p70f, INFINITY)));
+  EXPECT_FALSE(DividendInRange(-INFINITY));
+  EXPECT_FALSE(DividendInRange(NAN));
+  // The kernel's divisors: e^lc, e^lr with l in [-0.3, 10], the RTN scale >= 1e-10.
+  EXPECT_TRUE(DivisorInRange(static_cast<float>(std::exp(-0.3))));
+  EXPECT_TRUE(DivisorInRange(static_cast<float>(std::exp(10.0))));
+  EXPECT_TRUE(DivisorInRange(1e-10f));
+  // A quotient the one-multiply shortcut x * RN(1/a) gets wrong.
+  int shortcut_wrong = 0;
+  for (uint32_t s = 0; s < 4096; ++s) {
+    const float x = Make(s * 2047u, 0), a = 3.0f;
+    if (Bits(x * Reciprocal(a)) != Bits(x / a)) ++shortcut_wrong;
+    EXPECT_EQ(Bits(MarksteinQuotient(x, a, Reciprocal(a))), Bits(x / a)) << x;
+  }
+  EXPECT_GT(shortcut_wrong, 0);
+}
+
+// Every dividend significand against divisors whose reciprocal is hardest to round or
+// whose significand is special: all ones, powers of two and their neighbours, the
+// kernel's extreme scales, and a few ordinary ones.
+TEST(ExactDivTest, EveryDividendSignificandForAdversarialDivisors) {
+  const std::vector<float> divisors = {
+      1.0f,
+      Make(1, 0),                            // 1 + 2^-23
+      Make(2, 0),                            // 1 + 2^-22
+      Make(0x7fffffu, 0),                    // 2 - 2^-23: all ones
+      Make(0x7ffffeu, 0),                    // 2 - 2^-22
+      Make(0x7ffffdu, 0),                    // 2 - 3 * 2^-23
+      Make(0x400000u, 0),                    // 1.5
+      Make(0x3fffffu, 0),                    // 1.5 - 2^-23
+      Make(0x400001u, 0),                    // 1.5 + 2^-23
+      Make(0x555555u, 0),                    // ~5/3
+      Make(0x2aaaabu, 0),                    // ~4/3
+      static_cast<float>(std::exp(-0.3)),    // e^kLogLo
+      static_cast<float>(std::exp(10.0)),    // e^kLogHi
+      1e-10f,                                // the RTN scale floor
+      static_cast<float>(std::sqrt(2.0)),
+  };
+  Tally t;
+  for (const float a : divisors) {
+    const float inv = Reciprocal(a);
+    for (uint32_t s = 0; s < (1u << 23); ++s) {
+      t.Fast(Make(s, 0), a, inv);
+      // The same significands at the opposite sign and another exponent pair.
+      if ((s & 63) == 0) t.Fast(-Make(s, 37), std::ldexp(a, -20));
+    }
+  }
+  EXPECT_EQ(t.checked, static_cast<int64_t>(divisors.size()) * ((1 << 23) + (1 << 17)));
+  EXPECT_EQ(t.mismatches, 0) << Describe(t);
+}
+
+// x / a is never a midpoint between two floats, but it can come within ~2^-24 ulp of one:
+// there q0 + r*inv must be accurate far below half an ulp. For an odd divisor significand
+// B (24 bits, as an integer) and a small odd t, M = t * B^-1 mod 2^k (k = 24 or 25) gives
+// an odd 25-bit M with M * B = X * 2^k + t for a 24-bit integer X: X / B = M / 2^k -
+// t / (B * 2^k), a quotient t / B * 2^-24 ulp away from the midpoint M / 2^k, i.e. as
+// close to a tie as two 24-bit significands allow.
+TEST(ExactDivTest, NearHalfwayQuotients) {
+  std::mt19937_64 rng(20261129);
+  Tally t;
+  int64_t constructed = 0;
+  for (int i = 0; constructed < 3'000'000 && i < 20'000'000; ++i) {
+    const uint64_t b = (1ull << 23) | (rng() & 0x7ffffeull) | 1;  // odd, 24 bits
+    uint64_t binv = b;                                              // b^-1 mod 2^64
+    for (int n = 0; n < 6; ++n) binv *= 2 - b * binv;
+    const int64_t tt = static_cast<int64_t>(rng() % 16) * 2 - 15;   // odd, |t| <= 15
+    for (int k = 24; k <= 25; ++k) {
+      const uint64_t mask = (1ull << k) - 1;
+      uint64_t m = (static_cast<uint64_t>(tt) * binv) & mask;
+      if (k == 24) m |= 1ull << 24;  // M in [2^24, 2^25)
+      if (m < (1ull << 24) || m >= (1ull << 25) || (m & 1) == 0) continue;
+      const uint64_t p = m * b;
+      const int64_t num = static_cast<int64_t>(p) - tt;
+      if (num % (1ll << k) != 0) continue;
+      const int64_t xi = num >> k;
+      if (xi < (1ll << 23) || xi >= (1ll << 24)) continue;
+      const float x = static_cast<float>(xi);     // exact: 24 bits
+      const float a = static_cast<float>(b);      // exact
+      ++constructed;
+      t.Fast(x, a);
+      // Same significands, scaled and negated within the fast range.
+      const int ex = static_cast<int>(rng() % 120) - 60 - 23, ea = static_cast<int>(rng() % 70) - 35 - 23;
+      t.Fast(-std::ldexp(x, ex), std::ldexp(a, ea));
+    }
+  }
+  EXPECT_GE(constructed, 3'000'000);
+  EXPECT_EQ(t.mismatches, 0) << Describe(t);
+}
+
+// Random pairs from the ranges the compress kernel divides in, then from the whole fast
+// range with its exponent corners.
+TEST(ExactDivTest, RandomPairsOverKernelAndFastRanges) {
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  auto sig = [&] { return static_cast<uint32_t>(rng()) & 0x7fffffu; };
+  auto sign = [&](float v) { return (rng() & 1) ? -v : v; };
+  Tally sinkhorn, rtn, full, corners;
+  // X / e^lc and (X / e^lc) / e^lr: |x| in [1e-8, 1e5], lc in [-0.3, 10].
+  for (int i = 0; i < 6'000'000; ++i) {
+    const float l = static_cast<float>(-0.3 + 10.3 * unit(rng));
+    const float a = static_cast<float>(std::exp(static_cast<double>(l)));
+    const float x = sign(static_cast<float>(std::pow(10.0, -8.0 + 13.0 * unit(rng))));
+    sinkhorn.Fast(x, a);
+  }
+  // RTN: (b - mn) / sc, sc = max((mx - mn) / qmax, 1e-10), b - mn in (0, qmax * sc].
+  for (int i = 0; i < 3'000'000; ++i) {
+    const float sc = std::max(static_cast<float>(std::pow(10.0, -12.0 + 18.0 * unit(rng))), 1e-10f);
+    const float qmax = (rng() & 1) ? 15.0f : 3.0f;
+    const float x = static_cast<float>(unit(rng) * qmax) * sc;
+    if (DividendInRange(x)) rtn.Fast(x, sc);
+  }
+  // Anywhere in the fast range.
+  for (int i = 0; i < 6'000'000; ++i) {
+    const float a = sign(Make(sig(), static_cast<int>(rng() % 80) - 40));
+    const float x = sign(Make(sig(), static_cast<int>(rng() % 140) - 70));
+    full.Fast(x, a);
+  }
+  // Smallest dividends over largest divisors and the reverse.
+  for (int i = 0; i < 1'000'000; ++i) {
+    full.Fast(sign(Make(sig(), -70)), sign(Make(sig(), 39)));
+    corners.Fast(sign(Make(sig(), -70)), sign(Make(sig(), 39)));
+    corners.Fast(sign(Make(sig(), 69)), sign(Make(sig(), -40)));
+    corners.Fast(sign(Make(sig(), -70)), 0x1p40f);
+    corners.Fast(sign(Make(sig(), 69)), -0x1p-40f);
+  }
+  EXPECT_EQ(sinkhorn.mismatches, 0) << Describe(sinkhorn);
+  EXPECT_GT(rtn.checked, 2'900'000);
+  EXPECT_EQ(rtn.mismatches, 0) << Describe(rtn);
+  EXPECT_EQ(full.mismatches, 0) << Describe(full);
+  EXPECT_EQ(corners.mismatches, 0) << Describe(corners);
+}
+
+// The guarded helpers equal IEEE division for every input: signed zeros, subnormals,
+// values just outside the ranges, infinities, NaN, out-of-range divisors.
+TEST(ExactDivTest, GuardedHelpersMatchIeeeDivisionEverywhere) {
+  const float denorm = std::numeric_limits<float>::denorm_min();
+  std::vector<float> values = {0.0f,
+                               denorm,
+                               FLT_MIN,
+                               0x1p-100f,
+                               std::nextafter(0x1p-70f, 0.0f),
+                               0x1p-70f,
+                               std::nextafter(0x1p-70f, 1.0f),
+                               1e-10f,
+                               1.0f,
+                               3.0f,
+                               std::nextafter(0x1p40f, INFINITY),
+                               std::nextafter(0x1p70f, 0.0f),
+                               0x1p70f,
+                               std::nextafter(0x1p70f, INFINITY),
+                               FLT_MAX,
+                               INFINITY,
+                               NAN};
+  const size_t n = values.size();
+  for (size_t i = 0; i < n; ++i) values.push_back(-values[i]);
+  int64_t checked = 0;
+  for (const float a : values) {
+    const Divisor d = MakeDivisor(a);
+    for (const float x : values) {
+      ASSERT_TRUE(Same(Divide(x, d), x / a)) << x << " / " << a;
+      if (DivisorInRange(a)) {
+        ASSERT_TRUE(Same(DivideInRange(x, a, Reciprocal(a)), x / a)) << x << " / " << a;
+      }
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, static_cast<int64_t>(values.size() * values.size()));
+  // Signed zeros keep their signs on the fast path's shortcut.
+  EXPECT_EQ(Bits(DivideInRange(-0.0f, 2.0f, 0.5f)), 0x80000000u);
+  EXPECT_EQ(Bits(DivideInRange(0.0f, -2.0f, -0.5f)), 0x80000000u);
+  EXPECT_EQ(Bits(DivideInRange(-0.0f, -2.0f, -0.5f)), 0u);
+  // Any bit patterns.
+  std::mt19937 rng(3);
+  int64_t random_checked = 0;
+  for (int i = 0; i < 2'000'000; ++i) {
+    const float x = FromBits(rng()), a = FromBits(rng());
+    ASSERT_TRUE(Same(Divide(x, MakeDivisor(a)), x / a)) << std::hexfloat << x << " / " << a;
+    ++random_checked;
+  }
+  EXPECT_EQ(random_checked, 2'000'000);
+}
+
+}  // namespace
+}  // namespace kvtier::kernels::exact_div

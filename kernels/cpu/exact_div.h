@@ -119,6 +119,36 @@ KVTIER_EXACT_DIV_FN float DivideInRange(float x, float a, float inv) {
   return q;
 }
 
+// Two chained divisions RN(RN(x / a) / b) by scales a, b with |a|, |b| in [kScaleLo,
+// kScaleHi] (the compress kernel's Y = (X / e^lc) / e^lr, e^l in [e^-0.3, e^10]) with one
+// range check: for |x| in [kTwoScaleDividendLo, kTwoScaleDividendHi], |RN(x / a)| lies in
+// [2^-65, 2^51], inside the dividend range, so both quotients take the fast path.
+inline constexpr float kScaleLo = 0x1p-1f;
+inline constexpr float kScaleHi = 0x1p15f;
+inline constexpr float kTwoScaleDividendLo = 0x1p-50f;
+inline constexpr float kTwoScaleDividendHi = 0x1p50f;
+
+KVTIER_EXACT_DIV_FN bool TwoScaleDividendInRange(float x) {
+  const float m = Abs(x);
+  return m >= kTwoScaleDividendLo && m <= kTwoScaleDividendHi;  // false for 0 and NaN
+}
+
+// No range check: RN(RN(x / a) / b) when TwoScaleDividendInRange(x), |a|, |b| in
+// [kScaleLo, kScaleHi], inva == Reciprocal(a) and invb == Reciprocal(b).
+KVTIER_EXACT_DIV_FN float MarksteinTwoScales(float x, float a, float inva, float b, float invb) {
+  return MarksteinQuotient(MarksteinQuotient(x, a, inva), b, invb);
+}
+
+// RN(RN(x / a) / b), bit for bit IeeeDiv(IeeeDiv(x, a), b) for every x. Precondition:
+// |a|, |b| in [kScaleLo, kScaleHi], inva == Reciprocal(a), invb == Reciprocal(b).
+KVTIER_EXACT_DIV_FN float DivideByTwoScales(float x, float a, float inva, float b, float invb) {
+  float q = MarksteinTwoScales(x, a, inva, b, invb);
+  if (!TwoScaleDividendInRange(x)) {
+    q = x == 0.0f ? Mul(Mul(x, inva), invb) : IeeeDiv(IeeeDiv(x, a), b);
+  }
+  return q;
+}
+
 // A divisor prepared once for many divisions.
 struct Divisor {
   float a;

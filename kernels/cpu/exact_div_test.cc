@@ -64,6 +64,12 @@ std::string Describe(const Tally& t) {
 }
 
 TEST(ExactDivTest, ReciprocalIsCorrectlyRoundedAndRangesAreAsDocumented) {
+  EXPECT_TRUE(TwoScaleDividendInRange(-0x1p-50f));
+  EXPECT_TRUE(TwoScaleDividendInRange(0x1p50f));
+  EXPECT_FALSE(TwoScaleDividendInRange(std::nextafter(0x1p-50f, 0.0f)));
+  EXPECT_FALSE(TwoScaleDividendInRange(std::nextafter(0x1p50f, INFINITY)));
+  EXPECT_FALSE(TwoScaleDividendInRange(0.0f));
+  EXPECT_FALSE(TwoScaleDividendInRange(NAN));
   EXPECT_EQ(Reciprocal(4.0f), 0.25f);
   EXPECT_EQ(Bits(Reciprocal(3.0f)), 0x3eaaaaabu);  // RN(1/3)
   EXPECT_TRUE(DivisorInRange(0x1p-40f));
@@ -98,19 +104,19 @@ TEST(ExactDivTest, ReciprocalIsCorrectlyRoundedAndRangesAreAsDocumented) {
 TEST(ExactDivTest, EveryDividendSignificandForAdversarialDivisors) {
   const std::vector<float> divisors = {
       1.0f,
-      Make(1, 0),                            // 1 + 2^-23
-      Make(2, 0),                            // 1 + 2^-22
-      Make(0x7fffffu, 0),                    // 2 - 2^-23: all ones
-      Make(0x7ffffeu, 0),                    // 2 - 2^-22
-      Make(0x7ffffdu, 0),                    // 2 - 3 * 2^-23
-      Make(0x400000u, 0),                    // 1.5
-      Make(0x3fffffu, 0),                    // 1.5 - 2^-23
-      Make(0x400001u, 0),                    // 1.5 + 2^-23
-      Make(0x555555u, 0),                    // ~5/3
-      Make(0x2aaaabu, 0),                    // ~4/3
-      static_cast<float>(std::exp(-0.3)),    // e^kLogLo
-      static_cast<float>(std::exp(10.0)),    // e^kLogHi
-      1e-10f,                                // the RTN scale floor
+      Make(1, 0),                          // 1 + 2^-23
+      Make(2, 0),                          // 1 + 2^-22
+      Make(0x7fffffu, 0),                  // 2 - 2^-23: all ones
+      Make(0x7ffffeu, 0),                  // 2 - 2^-22
+      Make(0x7ffffdu, 0),                  // 2 - 3 * 2^-23
+      Make(0x400000u, 0),                  // 1.5
+      Make(0x3fffffu, 0),                  // 1.5 - 2^-23
+      Make(0x400001u, 0),                  // 1.5 + 2^-23
+      Make(0x555555u, 0),                  // ~5/3
+      Make(0x2aaaabu, 0),                  // ~4/3
+      static_cast<float>(std::exp(-0.3)),  // e^kLogLo
+      static_cast<float>(std::exp(10.0)),  // e^kLogHi
+      1e-10f,                              // the RTN scale floor
       static_cast<float>(std::sqrt(2.0)),
   };
   Tally t;
@@ -138,9 +144,9 @@ TEST(ExactDivTest, NearHalfwayQuotients) {
   int64_t constructed = 0;
   for (int i = 0; constructed < 3'000'000 && i < 20'000'000; ++i) {
     const uint64_t b = (1ull << 23) | (rng() & 0x7ffffeull) | 1;  // odd, 24 bits
-    uint64_t binv = b;                                              // b^-1 mod 2^64
+    uint64_t binv = b;                                            // b^-1 mod 2^64
     for (int n = 0; n < 6; ++n) binv *= 2 - b * binv;
-    const int64_t tt = static_cast<int64_t>(rng() % 16) * 2 - 15;   // odd, |t| <= 15
+    const int64_t tt = static_cast<int64_t>(rng() % 16) * 2 - 15;  // odd, |t| <= 15
     for (int k = 24; k <= 25; ++k) {
       const uint64_t mask = (1ull << k) - 1;
       uint64_t m = (static_cast<uint64_t>(tt) * binv) & mask;
@@ -151,12 +157,13 @@ TEST(ExactDivTest, NearHalfwayQuotients) {
       if (num % (1ll << k) != 0) continue;
       const int64_t xi = num >> k;
       if (xi < (1ll << 23) || xi >= (1ll << 24)) continue;
-      const float x = static_cast<float>(xi);     // exact: 24 bits
-      const float a = static_cast<float>(b);      // exact
+      const float x = static_cast<float>(xi);  // exact: 24 bits
+      const float a = static_cast<float>(b);   // exact
       ++constructed;
       t.Fast(x, a);
       // Same significands, scaled and negated within the fast range.
-      const int ex = static_cast<int>(rng() % 120) - 60 - 23, ea = static_cast<int>(rng() % 70) - 35 - 23;
+      const int ex = static_cast<int>(rng() % 120) - 60 - 23,
+                ea = static_cast<int>(rng() % 70) - 35 - 23;
       t.Fast(-std::ldexp(x, ex), std::ldexp(a, ea));
     }
   }
@@ -255,6 +262,61 @@ TEST(ExactDivTest, GuardedHelpersMatchIeeeDivisionEverywhere) {
     ++random_checked;
   }
   EXPECT_EQ(random_checked, 2'000'000);
+}
+
+// The two-scale form: every dividend (random bit patterns, the range edges, zeros, NaN)
+// against the two IEEE divisions, for scales across [kScaleLo, kScaleHi].
+TEST(ExactDivTest, DivideByTwoScalesMatchesTwoIeeeDivisions) {
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  auto scale = [&]() -> float {
+    switch (rng() % 4) {
+      case 0:  // the kernel's e^l, l in [-0.3, 10]
+        return static_cast<float>(std::exp(-0.3 + 10.3 * unit(rng)));
+      case 1:  // the range ends
+        return (rng() & 1) ? kScaleLo : kScaleHi;
+      default: {  // anywhere in the range, either sign
+        const float v = Make(static_cast<uint32_t>(rng()), static_cast<int>(rng() % 16) - 1);
+        return (rng() & 1) ? -v : v;
+      }
+    }
+  };
+  const std::vector<float> edges = {0.0f,
+                                    -0.0f,
+                                    std::numeric_limits<float>::denorm_min(),
+                                    std::nextafter(kTwoScaleDividendLo, 0.0f),
+                                    kTwoScaleDividendLo,
+                                    -kTwoScaleDividendHi,
+                                    std::nextafter(kTwoScaleDividendHi, INFINITY),
+                                    FLT_MAX,
+                                    -INFINITY,
+                                    NAN};
+  int64_t checked = 0, fast = 0, mismatches = 0;
+  for (int i = 0; i < 3'000'000; ++i) {
+    const float a = scale(), b = scale();
+    float x;
+    if (i % 8 == 0) {
+      x = edges[rng() % edges.size()];
+    } else if (i % 2 == 0) {
+      x = FromBits(static_cast<uint32_t>(rng()));  // any float
+    } else {
+      const float v = Make(static_cast<uint32_t>(rng()), static_cast<int>(rng() % 100) - 50);
+      x = (rng() & 1) ? -v : v;  // the checked range
+    }
+    const float want = (x / a) / b;
+    bool same = Same(DivideByTwoScales(x, a, Reciprocal(a), b, Reciprocal(b)), want);
+    if (TwoScaleDividendInRange(x)) {
+      same = same && Bits(MarksteinTwoScales(x, a, Reciprocal(a), b, Reciprocal(b))) == Bits(want);
+      ++fast;
+    }
+    if (!same && mismatches++ == 0) {
+      ADD_FAILURE() << std::hexfloat << "(" << x << " / " << a << ") / " << b;
+    }
+    ++checked;
+  }
+  EXPECT_EQ(checked, 3'000'000);
+  EXPECT_GT(fast, 1'500'000);
+  EXPECT_EQ(mismatches, 0);
 }
 
 }  // namespace

@@ -5,17 +5,21 @@
 // registers (G * D / max(D, G) values per thread); the shared tile, token-major with an
 // odd pitch (D + 1 floats) so that one thread walking a row and one walking a column are
 // both bank-conflict-free, holds the current Y = (X / e^lc) / e^lr, rewritten once per
-// scale update, and the statistic sweeps read it without dividing. Thread i owns column i and row i
-// of the quantized matrix and does their sums sequentially, so the statistics are the CPU
-// reference's bit for bit (kernels/cpu/codec_internal.h "Arithmetic contract"; this file is built
-// with -fmad=false and uses __f*_rn intrinsics where it matters). The records match the CPU's byte
-// for byte, barring a difference between CUDA's and the host's double exp/log.
+// scale update, and the statistic sweeps read it without dividing. Thread i owns column i
+// and row i of the quantized matrix and does their sums sequentially, so the statistics are
+// the CPU reference's bit for bit (kernels/cpu/codec_internal.h "Arithmetic contract";
+// this file is built with -fmad=false and uses __f*_rn intrinsics where it matters). The
+// divisions by the scales e^lc, e^lr and by each row's RTN scale are Markstein quotients
+// with the divisor's correctly rounded reciprocal (kernels/cpu/exact_div.h), equal to the
+// IEEE divisions bit for bit. The records match the CPU's byte for byte, barring a
+// difference between CUDA's and the host's double exp/log.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cfloat>
 #include <cstdint>
 
+#include "kernels/cpu/exact_div.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/kvarn_cuda.h"
 #include "kernels/format.h"
@@ -65,6 +69,7 @@ struct Shape {
   static constexpr int kWarps = kThreads / 32;
   static constexpr int kPitch = D + 1;  // odd: row-wise and column-wise walks conflict-free
   static constexpr int kTileFloats = G * kPitch;
+  // {e^lc, 1/e^lc}[C], {e^lr, 1/e^lr}[R], min/max partials [2][W][4].
   static constexpr int kVecFloats = 2 * (D + G) + 2 * kWarps * 4;
   static constexpr size_t kSmemBytes = sizeof(float) * (kTileFloats + kVecFloats);
 };
@@ -81,9 +86,11 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
   constexpr int R = ROLE == 0 ? D : G;  // rows of the quantized matrix
   constexpr int C = ROLE == 0 ? G : D;  // columns
   float* tile = smem;                   // [G][P], token-major rotated fp32 tile
-  float* ec = tile + S::kTileFloats;    // [C] exp(lc)
-  float* er = ec + C;                   // [R] exp(lr)
-  float* red = er + R;                  // [2][W][4] min/max partials (double-buffered)
+  // {exp(lc), RN(1/exp(lc))}[C] and {exp(lr), RN(1/exp(lr))}[R]: the divisors and their
+  // correctly rounded reciprocals (G * P is even: 8-byte aligned).
+  float2* ec = reinterpret_cast<float2*>(tile + S::kTileFloats);
+  float2* er = ec + C;
+  float* red = reinterpret_cast<float*>(er + R);  // [2][W][4] min/max partials (double-buffered)
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t tile_index = blockIdx.x;
@@ -128,8 +135,8 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
       for (int i = 0; i < D / 8; ++i) tile[t * P + clo + 8 * i] = __fmul_rn(v[i], scale);
     }
   }
-  if (tid < C) ec[tid] = 1.f;
-  if (tid < R) er[tid] = 1.f;
+  if (tid < C) ec[tid] = make_float2(1.f, 1.f);
+  if (tid < R) er[tid] = make_float2(1.f, 1.f);
   __syncthreads();
 
   // X stays in registers for the whole normalization; the shared tile holds the current
@@ -214,34 +221,54 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
   float lc = 0.f, lr = 0.f, best_lc = 0.f, best_lr = 0.f;
   // Step 2k-1: column update, Y, row stds. Step 2k: row update, Y, column and row stds,
   // imbalance. Step 2n+1: the best scales and their Y for the quantization. One rescale
-  // site keeps the unrolled register loop in the code once.
+  // site (two forms, below) keeps the unrolled register loop in the code once per form.
+  // The scales e^l, l in [kLogLo, kLogHi] (a NaN std clamps to kStdLo: fminf/fmaxf drop
+  // NaN), lie in [exact_div::kScaleLo, exact_div::kScaleHi], so Y = (X / e^lc) / e^lr is
+  // exact_div::DivideByTwoScales: Markstein's quotient with the scale's correctly rounded
+  // reciprocal, bit for bit the two IEEE divisions (kernels/cpu/exact_div_test.cc).
+  static_assert(kLogLo >= -0.69f && kLogHi <= 10.39f, "e^l must stay in [2^-1, 2^15]");
+  // x_fast: all of this thread's X (fixed for the whole normalization) are in the
+  // range where the two Markstein quotients need no check; else the checked form, which
+  // falls back to IEEE divisions element by element (zeros, subnormal or huge values).
+  auto pair = [](float e) { return make_float2(e, exact_div::Reciprocal(e)); };
+  bool x_fast = true;
+#pragma unroll
+  for (int i = 0; i < E; ++i) x_fast = x_fast && exact_div::TwoScaleDividendInRange(x[i]);
   const int last = 2 * a.iterations + 1;
   for (int step = 1; step <= last; ++step) {
     if (step == last) {
-      if (tid < C) ec[tid] = ExpD(best_lc);  // s_col
-      if (tid < R) er[tid] = ExpD(best_lr);  // s_row
+      if (tid < C) ec[tid] = pair(ExpD(best_lc));  // s_col
+      if (tid < R) er[tid] = pair(ExpD(best_lr));  // s_row
     } else if (step & 1) {
       if (tid < C) {
         lc = Clamp(__fadd_rn(lc, LogD(Clamp(cs, kStdLo, kStdHi))), kLogLo, kLogHi);
-        ec[tid] = ExpD(lc);
+        ec[tid] = pair(ExpD(lc));
       }
     } else if (tid < R) {
       lr = Clamp(__fadd_rn(lr, LogD(Clamp(rs, kStdLo, kStdHi))), kLogLo, kLogHi);
-      er[tid] = ExpD(lr);
+      er[tid] = pair(ExpD(lr));
     }
     __syncthreads();  // new scales visible; the previous step's sweeps are done
-    if (ROLE == 0) {  // r = channel, c = token
-      const float e_r = er[ch];
+    // Y = (X / e_c) / e_r for the thread's E elements; `divide` is one of the two below.
+    auto rescale = [&](auto divide) {
+      if (ROLE == 0) {  // r = channel, c = token
+        const float2 e_r = er[ch];
 #pragma unroll
-      for (int i = 0; i < E; ++i) {
-        tile[xbase + i * kTs * P] = __fdiv_rn(__fdiv_rn(x[i], ec[tq + i * kTs]), e_r);
-      }
-    } else {  // r = token, c = channel
-      const float e_c = ec[ch];
+        for (int i = 0; i < E; ++i) tile[xbase + i * kTs * P] = divide(x[i], ec[tq + i * kTs], e_r);
+      } else {  // r = token, c = channel
+        const float2 e_c = ec[ch];
 #pragma unroll
-      for (int i = 0; i < E; ++i) {
-        tile[xbase + i * kTs * P] = __fdiv_rn(__fdiv_rn(x[i], e_c), er[tq + i * kTs]);
+        for (int i = 0; i < E; ++i) tile[xbase + i * kTs * P] = divide(x[i], e_c, er[tq + i * kTs]);
       }
+    };
+    if (x_fast) {
+      rescale([](float v, float2 c, float2 r) {
+        return exact_div::MarksteinTwoScales(v, c.x, c.y, r.x, r.y);
+      });
+    } else {
+      rescale([](float v, float2 c, float2 r) {
+        return exact_div::DivideByTwoScales(v, c.x, c.y, r.x, r.y);
+      });
     }
     __syncthreads();
     if (step == last) break;
@@ -266,11 +293,11 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
   const float qmax = static_cast<float>((1 << bits) - 1);
   if (tid < C) {
     const size_t off = ROLE == 0 ? L.s_row_k_offset : L.s_col_v_offset;
-    reinterpret_cast<__half*>(out + off)[tid] = __float2half_rn(ec[tid]);
+    reinterpret_cast<__half*>(out + off)[tid] = __float2half_rn(ec[tid].x);
   }
   if (tid < R) {
     const int r = tid;
-    const float srow = er[r];
+    const float srow = er[r].x;
     auto B = [&](int c) { return Y(r, c); };
     float mn = B(0), mx = mn;
     for (int c = 1; c < C; ++c) {
@@ -279,6 +306,9 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
       mx = fmaxf(mx, b);
     }
     const float sc = fmaxf(__fdiv_rn(__fsub_rn(mx, mn), qmax), kMinScale);
+    // Every code divides by sc: exact_div::Divide, bit for bit the IEEE division (sc >=
+    // kMinScale = 1e-10 is in the fast range unless the row spans more than 2^40 * qmax).
+    const exact_div::Divisor dsc = exact_div::MakeDivisor(sc);
     const size_t s_off = ROLE == 0 ? L.s_col_k_offset : L.s_row_v_offset;
     const size_t z_off = ROLE == 0 ? L.zp_k_offset : L.zp_v_offset;
     reinterpret_cast<__half*>(out + s_off)[r] = __float2half_rn(__fmul_rn(srow, sc));
@@ -290,7 +320,8 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
     for (int w = 0; w < C / per_word; ++w) {
       uint32_t word = 0;
       for (int j = 0; j < per_word; ++j) {
-        const float q = Clamp(rintf(__fdiv_rn(__fsub_rn(B(w * per_word + j), mn), sc)), 0.f, qmax);
+        const float q =
+            Clamp(rintf(exact_div::Divide(__fsub_rn(B(w * per_word + j), mn), dsc)), 0.f, qmax);
         word |= static_cast<uint32_t>(q) << (j * bits);
       }
       row[w] = word;

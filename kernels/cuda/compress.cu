@@ -183,6 +183,36 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
     }
     return __fsqrt_rn(__fdiv_rn(ss, static_cast<float>(C - 1)));
   };
+  // Column and row std of Y at once (cs for tid < C, rs for tid < R). With R == C every
+  // thread walks its column and its row in one loop: two independent dependency chains, each
+  // in exactly col_std's and row_std's order and operations (the same bits), so one
+  // chain's add latency hides behind the other's.
+  auto col_row_std = [&](float& cs_out, float& rs_out) {
+    if constexpr (R == C) {
+      const int i = tid;
+      float csum = 0.f, rsum = 0.f;
+#pragma unroll 8
+      for (int k = 0; k < R; ++k) {
+        csum = __fadd_rn(csum, Y(k, i));
+        rsum = __fadd_rn(rsum, Y(i, k));
+      }
+      const float cmean = __fdiv_rn(csum, static_cast<float>(R));
+      const float rmean = __fdiv_rn(rsum, static_cast<float>(C));
+      float css = 0.f, rss = 0.f;
+#pragma unroll 8
+      for (int k = 0; k < R; ++k) {
+        const float dc = __fsub_rn(Y(k, i), cmean);
+        const float dr = __fsub_rn(Y(i, k), rmean);
+        css = __fadd_rn(css, __fmul_rn(dc, dc));
+        rss = __fadd_rn(rss, __fmul_rn(dr, dr));
+      }
+      cs_out = __fsqrt_rn(__fdiv_rn(css, static_cast<float>(R - 1)));
+      rs_out = __fsqrt_rn(__fdiv_rn(rss, static_cast<float>(C - 1)));
+    } else {
+      cs_out = tid < C ? col_std() : 0.f;
+      rs_out = tid < R ? row_std() : 0.f;
+    }
+  };
   // imb = cmax / max(cmin, floor) + rmax / max(rmin, floor); min/max are exact in any
   // order. Ends after a barrier; `buf` alternates so consecutive calls don't race.
   auto imbalance = [&](float cs, float rs, int buf) -> float {
@@ -215,8 +245,8 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
 
   // ---- 3. Log-domain normalization (NormalizeLog) ----
   // Y = X / 1 / 1 == X: the tile already holds it.
-  float cs = tid < C ? col_std() : 0.f;
-  float rs = tid < R ? row_std() : 0.f;
+  float cs, rs;
+  col_row_std(cs, rs);
   float best = imbalance(cs, rs, 0);
   float lc = 0.f, lr = 0.f, best_lc = 0.f, best_lr = 0.f;
   // Step 2k-1: column update, Y, row stds. Step 2k: row update, Y, column and row stds,
@@ -275,8 +305,7 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
     if (step & 1) {
       if (tid < R) rs = row_std();
     } else {
-      cs = tid < C ? col_std() : 0.f;
-      rs = tid < R ? row_std() : 0.f;
+      col_row_std(cs, rs);
       const float imb = imbalance(cs, rs, (step / 2) & 1);
       if (imb <= best) {  // later ties win, as the CPU
         best = imb;

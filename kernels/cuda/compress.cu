@@ -153,64 +153,75 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
   for (int i = 0; i < E; ++i) x[i] = tile[xbase + i * kTs * P];
   // Y(r, c) of the quantized matrix, as stored in the tile.
   auto Y = [&](int r, int c) -> float { return ROLE == 0 ? tile[c * P + r] : tile[r * P + c]; };
-  // Column std of Y (thread tid < C), sequential over rows.
-  auto col_std = [&]() -> float {
-    const int c = tid;
+  // Statistics, every sum sequential in index order in one thread. Thread tid owns column
+  // tid (tid < C) and row tid (tid < R). Sum passes:
+  auto col_sum = [&]() -> float {
     float sum = 0.f;
 #pragma unroll 8
-    for (int r = 0; r < R; ++r) sum = __fadd_rn(sum, Y(r, c));
+    for (int r = 0; r < R; ++r) sum = __fadd_rn(sum, Y(r, tid));
+    return sum;
+  };
+  auto row_sum = [&]() -> float {
+    float sum = 0.f;
+#pragma unroll 8
+    for (int c = 0; c < C; ++c) sum = __fadd_rn(sum, Y(tid, c));
+    return sum;
+  };
+  // Second passes: std = sqrt(sum((v - mean)^2) / (n - 1)), mean = sum / n.
+  auto col_std_from = [&](float sum) -> float {
     const float mean = __fdiv_rn(sum, static_cast<float>(R));
     float ss = 0.f;
 #pragma unroll 8
     for (int r = 0; r < R; ++r) {
-      const float d = __fsub_rn(Y(r, c), mean);
+      const float d = __fsub_rn(Y(r, tid), mean);
       ss = __fadd_rn(ss, __fmul_rn(d, d));
     }
     return __fsqrt_rn(__fdiv_rn(ss, static_cast<float>(R - 1)));
   };
-  // Row std of Y (thread tid < R), sequential over columns.
-  auto row_std = [&]() -> float {
-    const int r = tid;
-    float sum = 0.f;
-#pragma unroll 8
-    for (int c = 0; c < C; ++c) sum = __fadd_rn(sum, Y(r, c));
+  auto row_std_from = [&](float sum) -> float {
     const float mean = __fdiv_rn(sum, static_cast<float>(C));
     float ss = 0.f;
 #pragma unroll 8
     for (int c = 0; c < C; ++c) {
-      const float d = __fsub_rn(Y(r, c), mean);
+      const float d = __fsub_rn(Y(tid, c), mean);
       ss = __fadd_rn(ss, __fmul_rn(d, d));
     }
     return __fsqrt_rn(__fdiv_rn(ss, static_cast<float>(C - 1)));
   };
-  // Column and row std of Y at once (cs for tid < C, rs for tid < R). With R == C every
-  // thread walks its column and its row in one loop: two independent dependency chains, each
-  // in exactly col_std's and row_std's order and operations (the same bits), so one
-  // chain's add latency hides behind the other's.
-  auto col_row_std = [&](float& cs_out, float& rs_out) {
+  // Own line: with NT == D (D >= G) thread tid holds channel tid of every token, in token
+  // order (element i = token i), i.e. all of row tid (ROLE 0: rows = channels) or of
+  // column tid (ROLE 1: columns = channels) in the line's index order. The rescale then
+  // sums that line as it writes it (the same adds in the same order as row_sum/col_sum,
+  // on the same values: the same bits) and the sum pass over shared memory is skipped.
+  constexpr bool kOwnLine = NT == D;
+  constexpr bool kOwnRow = kOwnLine && ROLE == 0, kOwnCol = kOwnLine && ROLE == 1;
+  // The stds after a rescale whose own-line sum is `own`: rows only (after a column
+  // update) or columns and rows. With R == C the two second passes run in one loop: two
+  // independent add chains, each in its own order (one chain's latency hides behind the
+  // other's).
+  auto stats = [&](bool cols, float own, float& cs_out, float& rs_out) {
+    const float rsum = kOwnRow ? own : (tid < R ? row_sum() : 0.f);
+    if (!cols) {
+      if (tid < R) rs_out = row_std_from(rsum);
+      return;
+    }
+    const float csum = kOwnCol ? own : (tid < C ? col_sum() : 0.f);
     if constexpr (R == C) {
-      const int i = tid;
-      float csum = 0.f, rsum = 0.f;
-#pragma unroll 8
-      for (int k = 0; k < R; ++k) {
-        csum = __fadd_rn(csum, Y(k, i));
-        rsum = __fadd_rn(rsum, Y(i, k));
-      }
       const float cmean = __fdiv_rn(csum, static_cast<float>(R));
       const float rmean = __fdiv_rn(rsum, static_cast<float>(C));
       float css = 0.f, rss = 0.f;
 #pragma unroll 8
       for (int k = 0; k < R; ++k) {
-        const float dc = __fsub_rn(Y(k, i), cmean);
-        const float dr = __fsub_rn(Y(i, k), rmean);
+        const float dc = __fsub_rn(Y(k, tid), cmean);
+        const float dr = __fsub_rn(Y(tid, k), rmean);
         css = __fadd_rn(css, __fmul_rn(dc, dc));
         rss = __fadd_rn(rss, __fmul_rn(dr, dr));
       }
       cs_out = __fsqrt_rn(__fdiv_rn(css, static_cast<float>(R - 1)));
       rs_out = __fsqrt_rn(__fdiv_rn(rss, static_cast<float>(C - 1)));
     } else {
-      cs_out = tid < C ? col_std() : 0.f;
-      rs_out = tid < R ? row_std() : 0.f;
+      cs_out = tid < C ? col_std_from(csum) : 0.f;
+      rs_out = tid < R ? row_std_from(rsum) : 0.f;
     }
   };
   // imb = cmax / max(cmin, floor) + rmax / max(rmin, floor); min/max are exact in any
@@ -245,8 +256,13 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
 
   // ---- 3. Log-domain normalization (NormalizeLog) ----
   // Y = X / 1 / 1 == X: the tile already holds it.
-  float cs, rs;
-  col_row_std(cs, rs);
+  float own = 0.f;  // the own line's sum (kOwnLine), in element (= index) order
+  if (kOwnLine) {
+#pragma unroll
+    for (int i = 0; i < E; ++i) own = __fadd_rn(own, x[i]);
+  }
+  float cs = 0.f, rs = 0.f;
+  stats(true, own, cs, rs);
   float best = imbalance(cs, rs, 0);
   float lc = 0.f, lr = 0.f, best_lc = 0.f, best_lr = 0.f;
   // Step 2k-1: column update, Y, row stds. Step 2k: row update, Y, column and row stds,
@@ -280,32 +296,43 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
     }
     __syncthreads();  // new scales visible; the previous step's sweeps are done
     // Y = (X / e_c) / e_r for the thread's E elements; `divide` is one of the two below.
-    auto rescale = [&](auto divide) {
+    // Returns the sum of the elements in order (used when kOwnLine, else dead code).
+    auto rescale = [&](auto divide) -> float {
+      float sum = 0.f;
       if (ROLE == 0) {  // r = channel, c = token
         const float2 e_r = er[ch];
 #pragma unroll
-        for (int i = 0; i < E; ++i) tile[xbase + i * kTs * P] = divide(x[i], ec[tq + i * kTs], e_r);
+        for (int i = 0; i < E; ++i) {
+          const float y = divide(x[i], ec[tq + i * kTs], e_r);
+          tile[xbase + i * kTs * P] = y;
+          sum = __fadd_rn(sum, y);
+        }
       } else {  // r = token, c = channel
         const float2 e_c = ec[ch];
 #pragma unroll
-        for (int i = 0; i < E; ++i) tile[xbase + i * kTs * P] = divide(x[i], e_c, er[tq + i * kTs]);
+        for (int i = 0; i < E; ++i) {
+          const float y = divide(x[i], e_c, er[tq + i * kTs]);
+          tile[xbase + i * kTs * P] = y;
+          sum = __fadd_rn(sum, y);
+        }
       }
+      return sum;
     };
     if (x_fast) {
-      rescale([](float v, float2 c, float2 r) {
+      own = rescale([](float v, float2 c, float2 r) {
         return exact_div::MarksteinTwoScales(v, c.x, c.y, r.x, r.y);
       });
     } else {
-      rescale([](float v, float2 c, float2 r) {
+      own = rescale([](float v, float2 c, float2 r) {
         return exact_div::DivideByTwoScales(v, c.x, c.y, r.x, r.y);
       });
     }
     __syncthreads();
     if (step == last) break;
     if (step & 1) {
-      if (tid < R) rs = row_std();
+      stats(false, own, cs, rs);
     } else {
-      col_row_std(cs, rs);
+      stats(true, own, cs, rs);
       const float imb = imbalance(cs, rs, (step / 2) & 1);
       if (imb <= best) {  // later ties win, as the CPU
         best = imb;

@@ -299,22 +299,28 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
     // Returns the sum of the elements in order (used when kOwnLine, else dead code).
     auto rescale = [&](auto divide) -> float {
       float sum = 0.f;
-      if (ROLE == 0) {  // r = channel, c = token
-        const float2 e_r = er[ch];
+      // Per element, the scale of its token (ROLE 0: ec, ROLE 1: er); with kTs == 1
+      // element i is token i and one 16-byte broadcast load fetches the {e, 1/e} pairs of
+      // elements i and i + 1 (the pair arrays are 16-byte aligned: G * P * 4 and C * 8
+      // are multiples of 16).
+      const float2* per_token = ROLE == 0 ? ec : er;
+      const float2 fixed = ROLE == 0 ? er[ch] : ec[ch];
+      auto one = [&](int i, float2 e_t) {
+        const float y = ROLE == 0 ? divide(x[i], e_t, fixed) : divide(x[i], fixed, e_t);
+        tile[xbase + i * kTs * P] = y;
+        sum = __fadd_rn(sum, y);
+      };
+      if constexpr (kTs == 1 && E % 2 == 0) {
+        const float4* pairs = reinterpret_cast<const float4*>(per_token);
 #pragma unroll
-        for (int i = 0; i < E; ++i) {
-          const float y = divide(x[i], ec[tq + i * kTs], e_r);
-          tile[xbase + i * kTs * P] = y;
-          sum = __fadd_rn(sum, y);
+        for (int i = 0; i < E; i += 2) {
+          const float4 p = pairs[i / 2];
+          one(i, make_float2(p.x, p.y));
+          one(i + 1, make_float2(p.z, p.w));
         }
-      } else {  // r = token, c = channel
-        const float2 e_c = ec[ch];
+      } else {
 #pragma unroll
-        for (int i = 0; i < E; ++i) {
-          const float y = divide(x[i], e_c, er[tq + i * kTs]);
-          tile[xbase + i * kTs * P] = y;
-          sum = __fadd_rn(sum, y);
-        }
+        for (int i = 0; i < E; ++i) one(i, per_token[tq + i * kTs]);
       }
       return sum;
     };

@@ -5,19 +5,20 @@
 //
 // Per divisor, once: inv = RN(1/a) (IEEE reciprocal, correctly rounded). Per element
 // (Markstein's correction; RN = round to nearest even, every step one IEEE operation):
-//   q0 = RN(x * inv)          // within one ulp of x/a
-//   r  = fma(-q0, a, x)       // the exact remainder x - q0*a (representable)
+//   q0 = RN(x * inv)          // within 1.5 ulp of x/a
+//   r  = fma(-q0, a, x)       // RN(x - q0*a): the remainder, exact unless q0 is > 1 ulp off
 //   q  = fma(r, inv, q0)      // == RN(x / a)
-// Markstein (IBM J. Res. Dev. 34(1), 1990): if inv is within half an ulp of 1/a and q0
-// within one ulp of x/a, then RN(q0 + r*inv) is the correctly rounded quotient, barring
-// underflow and overflow of q0, r and q. The fast-path ranges below keep every
-// intermediate a normal number: |a| in [2^-40, 2^40] and |x| in [2^-70, 2^70] give |q0|, |q|
-// in about [2^-110, 2^110] and an exact, normal r (its quantum is >= 2^(e(x)-47) >= 2^-117).
-// Outside them (zero, tiny or huge dividends, NaN, infinities, out-of-range divisors) the
-// helpers fall back to a plain IEEE division. kernels/cpu/exact_div_test.cc checks the fast
-// path against IEEE division on every dividend significand for adversarial divisors
-// (all-ones significands, powers of two and their neighbours), on constructed
-// near-halfway quotients and on tens of millions of random pairs: zero mismatches.
+// This is Markstein's correction (IBM J. Res. Dev. 34(1), 1990). His theorem (inv within
+// half an ulp of 1/a and q0 within one ulp of x/a give RN(q0 + r*inv) == RN(x/a)) covers
+// quotients in [1, 2) times a power of two; below that q0 = RN(x * RN(1/a)) can be 1.008
+// ulp off (x = 0x1.fbfffep+0, a = 0x1.fffffep+0) and r then need not be exact. The
+// proof in kernels/cpu/exact_div_test.cc covers both: an error bound leaves only
+// quotients within ~2^-22 ulp of a rounding midpoint, and the test checks every one of
+// those significand pairs (46.5 M) against IEEE division: zero mismatches. The
+// fast-path ranges below keep every intermediate a normal number: |a| in [2^-40, 2^40]
+// and |x| in [2^-70, 2^70] give |q0|, |q| in about [2^-110, 2^110] and r's quantum
+// >= 2^(e(x)-47) >= 2^-117. Outside them (zero, tiny or huge dividends, NaN,
+// infinities, out-of-range divisors) the helpers fall back to a plain IEEE division.
 //
 //   const float inv = exact_div::Reciprocal(a);   // once per divisor
 //   float q = exact_div::DivideInRange(x, a, inv);  // == x / a, for |a| in the range

@@ -5,17 +5,21 @@
 // registers (G * D / max(D, G) values per thread); the shared tile, token-major with an
 // odd pitch (D + 1 floats) so that one thread walking a row and one walking a column are
 // both bank-conflict-free, holds the current Y = (X / e^lc) / e^lr, rewritten once per
-// scale update, and the statistic sweeps read it without dividing. Thread i owns column i and row i
-// of the quantized matrix and does their sums sequentially, so the statistics are the CPU
-// reference's bit for bit (kernels/cpu/codec_internal.h "Arithmetic contract"; this file is built
-// with -fmad=false and uses __f*_rn intrinsics where it matters). The records match the CPU's byte
-// for byte, barring a difference between CUDA's and the host's double exp/log.
+// scale update, and the statistic sweeps read it without dividing. Thread i owns column i
+// and row i of the quantized matrix and does their sums sequentially, so the statistics are
+// the CPU reference's bit for bit (kernels/cpu/codec_internal.h "Arithmetic contract";
+// this file is built with -fmad=false and uses __f*_rn intrinsics where it matters). The
+// divisions by the scales e^lc, e^lr and by each row's RTN scale are Markstein quotients
+// with the divisor's correctly rounded reciprocal (kernels/cpu/exact_div.h), equal to the
+// IEEE divisions bit for bit. The records match the CPU's byte for byte, barring a
+// difference between CUDA's and the host's double exp/log.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cfloat>
 #include <cstdint>
 
+#include "kernels/cpu/exact_div.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/kvarn_cuda.h"
 #include "kernels/format.h"
@@ -65,6 +69,7 @@ struct Shape {
   static constexpr int kWarps = kThreads / 32;
   static constexpr int kPitch = D + 1;  // odd: row-wise and column-wise walks conflict-free
   static constexpr int kTileFloats = G * kPitch;
+  // {e^lc, 1/e^lc}[C], {e^lr, 1/e^lr}[R], min/max partials [2][W][4].
   static constexpr int kVecFloats = 2 * (D + G) + 2 * kWarps * 4;
   static constexpr size_t kSmemBytes = sizeof(float) * (kTileFloats + kVecFloats);
 };
@@ -81,9 +86,11 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
   constexpr int R = ROLE == 0 ? D : G;  // rows of the quantized matrix
   constexpr int C = ROLE == 0 ? G : D;  // columns
   float* tile = smem;                   // [G][P], token-major rotated fp32 tile
-  float* ec = tile + S::kTileFloats;    // [C] exp(lc)
-  float* er = ec + C;                   // [R] exp(lr)
-  float* red = er + R;                  // [2][W][4] min/max partials (double-buffered)
+  // {exp(lc), RN(1/exp(lc))}[C] and {exp(lr), RN(1/exp(lr))}[R]: the divisors and their
+  // correctly rounded reciprocals (G * P is even: 8-byte aligned).
+  float2* ec = reinterpret_cast<float2*>(tile + S::kTileFloats);
+  float2* er = ec + C;
+  float* red = reinterpret_cast<float*>(er + R);  // [2][W][4] min/max partials (double-buffered)
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t tile_index = blockIdx.x;
@@ -128,8 +135,8 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
       for (int i = 0; i < D / 8; ++i) tile[t * P + clo + 8 * i] = __fmul_rn(v[i], scale);
     }
   }
-  if (tid < C) ec[tid] = 1.f;
-  if (tid < R) er[tid] = 1.f;
+  if (tid < C) ec[tid] = make_float2(1.f, 1.f);
+  if (tid < R) er[tid] = make_float2(1.f, 1.f);
   __syncthreads();
 
   // X stays in registers for the whole normalization; the shared tile holds the current
@@ -146,35 +153,76 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
   for (int i = 0; i < E; ++i) x[i] = tile[xbase + i * kTs * P];
   // Y(r, c) of the quantized matrix, as stored in the tile.
   auto Y = [&](int r, int c) -> float { return ROLE == 0 ? tile[c * P + r] : tile[r * P + c]; };
-  // Column std of Y (thread tid < C), sequential over rows.
-  auto col_std = [&]() -> float {
-    const int c = tid;
+  // Statistics, every sum sequential in index order in one thread. Thread tid owns column
+  // tid (tid < C) and row tid (tid < R). Sum passes:
+  auto col_sum = [&]() -> float {
     float sum = 0.f;
 #pragma unroll 8
-    for (int r = 0; r < R; ++r) sum = __fadd_rn(sum, Y(r, c));
+    for (int r = 0; r < R; ++r) sum = __fadd_rn(sum, Y(r, tid));
+    return sum;
+  };
+  auto row_sum = [&]() -> float {
+    float sum = 0.f;
+#pragma unroll 8
+    for (int c = 0; c < C; ++c) sum = __fadd_rn(sum, Y(tid, c));
+    return sum;
+  };
+  // Second passes: std = sqrt(sum((v - mean)^2) / (n - 1)), mean = sum / n.
+  auto col_std_from = [&](float sum) -> float {
     const float mean = __fdiv_rn(sum, static_cast<float>(R));
     float ss = 0.f;
 #pragma unroll 8
     for (int r = 0; r < R; ++r) {
-      const float d = __fsub_rn(Y(r, c), mean);
+      const float d = __fsub_rn(Y(r, tid), mean);
       ss = __fadd_rn(ss, __fmul_rn(d, d));
     }
     return __fsqrt_rn(__fdiv_rn(ss, static_cast<float>(R - 1)));
   };
-  // Row std of Y (thread tid < R), sequential over columns.
-  auto row_std = [&]() -> float {
-    const int r = tid;
-    float sum = 0.f;
-#pragma unroll 8
-    for (int c = 0; c < C; ++c) sum = __fadd_rn(sum, Y(r, c));
+  auto row_std_from = [&](float sum) -> float {
     const float mean = __fdiv_rn(sum, static_cast<float>(C));
     float ss = 0.f;
 #pragma unroll 8
     for (int c = 0; c < C; ++c) {
-      const float d = __fsub_rn(Y(r, c), mean);
+      const float d = __fsub_rn(Y(tid, c), mean);
       ss = __fadd_rn(ss, __fmul_rn(d, d));
     }
     return __fsqrt_rn(__fdiv_rn(ss, static_cast<float>(C - 1)));
+  };
+  // Own line: with NT == D (D >= G) thread tid holds channel tid of every token, in token
+  // order (element i = token i), i.e. all of row tid (ROLE 0: rows = channels) or of
+  // column tid (ROLE 1: columns = channels) in the line's index order. The rescale then
+  // sums that line as it writes it (the same adds in the same order as row_sum/col_sum,
+  // on the same values: the same bits) and the sum pass over shared memory is skipped.
+  constexpr bool kOwnLine = NT == D;
+  constexpr bool kOwnRow = kOwnLine && ROLE == 0, kOwnCol = kOwnLine && ROLE == 1;
+  // The stds after a rescale whose own-line sum is `own`: rows only (after a column
+  // update) or columns and rows. With R == C the two second passes run in one loop: two
+  // independent add chains, each in its own order (one chain's latency hides behind the
+  // other's).
+  auto stats = [&](bool cols, float own, float& cs_out, float& rs_out) {
+    const float rsum = kOwnRow ? own : (tid < R ? row_sum() : 0.f);
+    if (!cols) {
+      if (tid < R) rs_out = row_std_from(rsum);
+      return;
+    }
+    const float csum = kOwnCol ? own : (tid < C ? col_sum() : 0.f);
+    if constexpr (R == C) {
+      const float cmean = __fdiv_rn(csum, static_cast<float>(R));
+      const float rmean = __fdiv_rn(rsum, static_cast<float>(C));
+      float css = 0.f, rss = 0.f;
+#pragma unroll 8
+      for (int k = 0; k < R; ++k) {
+        const float dc = __fsub_rn(Y(k, tid), cmean);
+        const float dr = __fsub_rn(Y(tid, k), rmean);
+        css = __fadd_rn(css, __fmul_rn(dc, dc));
+        rss = __fadd_rn(rss, __fmul_rn(dr, dr));
+      }
+      cs_out = __fsqrt_rn(__fdiv_rn(css, static_cast<float>(R - 1)));
+      rs_out = __fsqrt_rn(__fdiv_rn(rss, static_cast<float>(C - 1)));
+    } else {
+      cs_out = tid < C ? col_std_from(csum) : 0.f;
+      rs_out = tid < R ? row_std_from(rsum) : 0.f;
+    }
   };
   // imb = cmax / max(cmin, floor) + rmax / max(rmin, floor); min/max are exact in any
   // order. Ends after a barrier; `buf` alternates so consecutive calls don't race.
@@ -208,48 +256,89 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
 
   // ---- 3. Log-domain normalization (NormalizeLog) ----
   // Y = X / 1 / 1 == X: the tile already holds it.
-  float cs = tid < C ? col_std() : 0.f;
-  float rs = tid < R ? row_std() : 0.f;
+  float own = 0.f;  // the own line's sum (kOwnLine), in element (= index) order
+  if (kOwnLine) {
+#pragma unroll
+    for (int i = 0; i < E; ++i) own = __fadd_rn(own, x[i]);
+  }
+  float cs = 0.f, rs = 0.f;
+  stats(true, own, cs, rs);
   float best = imbalance(cs, rs, 0);
   float lc = 0.f, lr = 0.f, best_lc = 0.f, best_lr = 0.f;
   // Step 2k-1: column update, Y, row stds. Step 2k: row update, Y, column and row stds,
   // imbalance. Step 2n+1: the best scales and their Y for the quantization. One rescale
-  // site keeps the unrolled register loop in the code once.
+  // site (two forms, below) keeps the unrolled register loop in the code once per form.
+  // The scales e^l, l in [kLogLo, kLogHi] (a NaN std clamps to kStdLo: fminf/fmaxf drop
+  // NaN), lie in [exact_div::kScaleLo, exact_div::kScaleHi], so Y = (X / e^lc) / e^lr is
+  // exact_div::DivideByTwoScales: Markstein's quotient with the scale's correctly rounded
+  // reciprocal, bit for bit the two IEEE divisions (kernels/cpu/exact_div_test.cc).
+  static_assert(kLogLo >= -0.69f && kLogHi <= 10.39f, "e^l must stay in [2^-1, 2^15]");
+  // x_fast: all of this thread's X (fixed for the whole normalization) are in the
+  // range where the two Markstein quotients need no check; else the checked form, which
+  // falls back to IEEE divisions element by element (zeros, subnormal or huge values).
+  auto pair = [](float e) { return make_float2(e, exact_div::Reciprocal(e)); };
+  bool x_fast = true;
+#pragma unroll
+  for (int i = 0; i < E; ++i) x_fast = x_fast && exact_div::TwoScaleDividendInRange(x[i]);
   const int last = 2 * a.iterations + 1;
   for (int step = 1; step <= last; ++step) {
     if (step == last) {
-      if (tid < C) ec[tid] = ExpD(best_lc);  // s_col
-      if (tid < R) er[tid] = ExpD(best_lr);  // s_row
+      if (tid < C) ec[tid] = pair(ExpD(best_lc));  // s_col
+      if (tid < R) er[tid] = pair(ExpD(best_lr));  // s_row
     } else if (step & 1) {
       if (tid < C) {
         lc = Clamp(__fadd_rn(lc, LogD(Clamp(cs, kStdLo, kStdHi))), kLogLo, kLogHi);
-        ec[tid] = ExpD(lc);
+        ec[tid] = pair(ExpD(lc));
       }
     } else if (tid < R) {
       lr = Clamp(__fadd_rn(lr, LogD(Clamp(rs, kStdLo, kStdHi))), kLogLo, kLogHi);
-      er[tid] = ExpD(lr);
+      er[tid] = pair(ExpD(lr));
     }
     __syncthreads();  // new scales visible; the previous step's sweeps are done
-    if (ROLE == 0) {  // r = channel, c = token
-      const float e_r = er[ch];
+    // Y = (X / e_c) / e_r for the thread's E elements; `divide` is one of the two below.
+    // Returns the sum of the elements in order (used when kOwnLine, else dead code).
+    auto rescale = [&](auto divide) -> float {
+      float sum = 0.f;
+      // Per element, the scale of its token (ROLE 0: ec, ROLE 1: er); with kTs == 1
+      // element i is token i and one 16-byte broadcast load fetches the {e, 1/e} pairs of
+      // elements i and i + 1 (the pair arrays are 16-byte aligned: G * P * 4 and C * 8
+      // are multiples of 16).
+      const float2* per_token = ROLE == 0 ? ec : er;
+      const float2 fixed = ROLE == 0 ? er[ch] : ec[ch];
+      auto one = [&](int i, float2 e_t) {
+        const float y = ROLE == 0 ? divide(x[i], e_t, fixed) : divide(x[i], fixed, e_t);
+        tile[xbase + i * kTs * P] = y;
+        sum = __fadd_rn(sum, y);
+      };
+      if constexpr (kTs == 1 && E % 2 == 0) {
+        const float4* pairs = reinterpret_cast<const float4*>(per_token);
 #pragma unroll
-      for (int i = 0; i < E; ++i) {
-        tile[xbase + i * kTs * P] = __fdiv_rn(__fdiv_rn(x[i], ec[tq + i * kTs]), e_r);
-      }
-    } else {  // r = token, c = channel
-      const float e_c = ec[ch];
+        for (int i = 0; i < E; i += 2) {
+          const float4 p = pairs[i / 2];
+          one(i, make_float2(p.x, p.y));
+          one(i + 1, make_float2(p.z, p.w));
+        }
+      } else {
 #pragma unroll
-      for (int i = 0; i < E; ++i) {
-        tile[xbase + i * kTs * P] = __fdiv_rn(__fdiv_rn(x[i], e_c), er[tq + i * kTs]);
+        for (int i = 0; i < E; ++i) one(i, per_token[tq + i * kTs]);
       }
+      return sum;
+    };
+    if (x_fast) {
+      own = rescale([](float v, float2 c, float2 r) {
+        return exact_div::MarksteinTwoScales(v, c.x, c.y, r.x, r.y);
+      });
+    } else {
+      own = rescale([](float v, float2 c, float2 r) {
+        return exact_div::DivideByTwoScales(v, c.x, c.y, r.x, r.y);
+      });
     }
     __syncthreads();
     if (step == last) break;
     if (step & 1) {
-      if (tid < R) rs = row_std();
+      stats(false, own, cs, rs);
     } else {
-      cs = tid < C ? col_std() : 0.f;
-      rs = tid < R ? row_std() : 0.f;
+      stats(true, own, cs, rs);
       const float imb = imbalance(cs, rs, (step / 2) & 1);
       if (imb <= best) {  // later ties win, as the CPU
         best = imb;
@@ -266,11 +355,11 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
   const float qmax = static_cast<float>((1 << bits) - 1);
   if (tid < C) {
     const size_t off = ROLE == 0 ? L.s_row_k_offset : L.s_col_v_offset;
-    reinterpret_cast<__half*>(out + off)[tid] = __float2half_rn(ec[tid]);
+    reinterpret_cast<__half*>(out + off)[tid] = __float2half_rn(ec[tid].x);
   }
   if (tid < R) {
     const int r = tid;
-    const float srow = er[r];
+    const float srow = er[r].x;
     auto B = [&](int c) { return Y(r, c); };
     float mn = B(0), mx = mn;
     for (int c = 1; c < C; ++c) {
@@ -279,6 +368,9 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
       mx = fmaxf(mx, b);
     }
     const float sc = fmaxf(__fdiv_rn(__fsub_rn(mx, mn), qmax), kMinScale);
+    // Every code divides by sc: exact_div::Divide, bit for bit the IEEE division (sc >=
+    // kMinScale = 1e-10 is in the fast range unless the row spans more than 2^40 * qmax).
+    const exact_div::Divisor dsc = exact_div::MakeDivisor(sc);
     const size_t s_off = ROLE == 0 ? L.s_col_k_offset : L.s_row_v_offset;
     const size_t z_off = ROLE == 0 ? L.zp_k_offset : L.zp_v_offset;
     reinterpret_cast<__half*>(out + s_off)[r] = __float2half_rn(__fmul_rn(srow, sc));
@@ -290,7 +382,8 @@ __device__ __forceinline__ void CompressTile(const CompressArgs& a, float* smem)
     for (int w = 0; w < C / per_word; ++w) {
       uint32_t word = 0;
       for (int j = 0; j < per_word; ++j) {
-        const float q = Clamp(rintf(__fdiv_rn(__fsub_rn(B(w * per_word + j), mn), sc)), 0.f, qmax);
+        const float q =
+            Clamp(rintf(exact_div::Divide(__fsub_rn(B(w * per_word + j), mn), dsc)), 0.f, qmax);
         word |= static_cast<uint32_t>(q) << (j * bits);
       }
       row[w] = word;

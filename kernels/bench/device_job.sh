@@ -19,7 +19,7 @@ if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
     else f='*CompressBf16Input*:*AttentionGqaRatios*'; lim=${RACECHECK_TIMEOUT:-20}; fi
     timeout $lim compute-sanitizer --tool $tool --error-exitcode 9 .device/bin/kvarn_cuda_test \
       --gtest_filter="$f" > "$OUT/sanitizer_$tool.log" 2>&1
-    echo "compute-sanitizer $tool rc=$? ($(grep -c 'ERROR SUMMARY: 0' "$OUT/sanitizer_$tool.log") clean summaries) $(grep 'ERROR SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1)"
+    echo "compute-sanitizer $tool rc=$? $(grep -E "(ERROR|RACECHECK) SUMMARY" "$OUT/sanitizer_$tool.log" | tail -1)"
   done
 fi
 [ "${ONLY_PROFILE:-0}" = 1 ] || { timeout ${BENCH_TIMEOUT:-45} .device/bin/kvarn_cuda_bench "$OUT/ours.csv" > "$OUT/bench.log" 2>&1; echo "bench rc=$?"; cat "$OUT/bench.log"; }

@@ -5,6 +5,8 @@
 #include <ucp/api/ucp.h>
 
 #include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <unordered_map>
 #include <utility>
@@ -162,6 +164,28 @@ class UcxConnection::Impl {
   }
 
   bool connected() const { return !broken_.load(); }
+
+  absl::StatusOr<std::string> EndpointInfo() {
+    absl::ReaderMutexLock lock(&close_mu_);
+    if (loop_ == nullptr || broken_.load()) {
+      return absl::UnavailableError("UCX connection is closed");
+    }
+    std::string out;
+    absl::Status s = loop_->Call([&]() -> absl::Status {
+      if (ep_ == nullptr) return absl::UnavailableError("UCX connection is closed");
+      char* text = nullptr;
+      size_t len = 0;
+      FILE* f = open_memstream(&text, &len);
+      if (f == nullptr) return absl::ResourceExhaustedError("open_memstream failed");
+      ucp_ep_print_info(ep_, f);
+      std::fclose(f);
+      out.assign(text, len);
+      std::free(text);
+      return absl::OkStatus();
+    });
+    if (!s.ok()) return s;
+    return out;
+  }
 
   // Runs a request: builds nothing, just ships p (request_bytes set) and waits.
   void Run(const std::shared_ptr<Pending>& p, absl::Duration timeout) {
@@ -487,6 +511,8 @@ UcxConnection::~UcxConnection() { Close(); }
 void UcxConnection::Close() { impl_->Close(); }
 
 bool UcxConnection::connected() const { return impl_->connected(); }
+
+absl::StatusOr<std::string> UcxConnection::EndpointInfo() const { return impl_->EndpointInfo(); }
 
 absl::StatusOr<std::unique_ptr<UcxConnection>> UcxConnection::Connect(
     const std::string& host, uint16_t port, std::string session_token, absl::Duration timeout,

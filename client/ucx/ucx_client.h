@@ -115,6 +115,11 @@ class UcxConnection {
   // False once the endpoint failed or Close was called.
   bool connected() const;
 
+  // UCX's description of the endpoint (ucp_ep_print_info): its lanes and the transport
+  // of each, e.g. "cma/memory ... rma_bw#0" when rendezvous payloads move by CMA. For
+  // logs, tests and benchmarks. kUnavailable once closed. Any thread.
+  absl::StatusOr<std::string> EndpointInfo() const;
+
   // Closes the endpoint (requests in flight get kUnavailable) and ends the loop thread.
   // Idempotent.
   void Close();

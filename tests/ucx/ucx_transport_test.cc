@@ -7,12 +7,15 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "client/ucx/ucx_client.h"
 #include "gtest/gtest.h"
@@ -629,6 +632,88 @@ INSTANTIATE_TEST_SUITE_P(StoreThreads, UcxTransportTest, ::testing::Values(0, 4)
                            return info.param == 0 ? std::string("Inline")
                                                   : absl::StrCat("Pool", info.param);
                          });
+
+// Which lane carries rendezvous payloads between two processes' worth of UCX contexts on
+// one host (here: two loops of one process, which UCX treats the same way). `defaults`
+// replaces UcxLoopOptions::ucx_defaults on both sides (nullopt: keep kvtier's defaults).
+// Returns the client endpoint's description after a verified 4 MiB round trip.
+std::string LanesAfterRoundTrip(
+    const std::optional<std::vector<ucx::UcxLoopOptions::Setting>>& defaults) {
+  storage::TieredStoreOptions so;
+  so.memory_capacity_bytes = uint64_t{64} << 20;
+  auto store = storage::TieredStore::Open(so);
+  EXPECT_TRUE(store.ok()) << store.status();
+  if (!store.ok()) return "";
+  UcxDataPlaneOptions o;
+  o.listen_address = "127.0.0.1";
+  o.loop.ucx_config = {{"TLS", "tcp,cma"}};
+  if (defaults) o.loop.ucx_defaults = *defaults;
+  auto server = UcxDataPlane::Start(o, store->get(), {});
+  EXPECT_TRUE(server.ok()) << server.status();
+  if (!server.ok()) return "";
+  UcxConnectionOptions co;
+  co.loop.ucx_config = {{"TLS", "tcp,cma"}};
+  if (defaults) co.loop.ucx_defaults = *defaults;
+  auto c = UcxConnection::Connect("127.0.0.1", (*server)->port(), "t", absl::Seconds(10), co);
+  EXPECT_TRUE(c.ok()) << c.status();
+  if (!c.ok()) return "";
+  Payload p = ucx_test::PayloadOfAtLeast(7, 4 << 20);
+  auto put = (*c)->Put(kNs, H(1), 0, p->data(), p->size());
+  EXPECT_TRUE(put.ok()) << put.status();
+  auto got = (*c)->Get(kNs, 0, std::vector<ChainHash>{H(1)});
+  EXPECT_TRUE(got.ok()) << got.status();
+  if (got.ok()) {
+    EXPECT_TRUE((*got)[0].payload.has_value() && *(*got)[0].payload == *p);
+  }
+  EXPECT_EQ((*server)->stats().rendezvous_receives, 1u);
+  absl::StatusOr<std::string> info = (*c)->EndpointInfo();
+  EXPECT_TRUE(info.ok()) << info.status();
+  (*c)->Close();
+  EXPECT_EQ((*c)->EndpointInfo().status().code(), absl::StatusCode::kUnavailable);
+  (*server)->Stop();
+  return info.ok() ? *info : "";
+}
+
+bool HasCmaRendezvousLane(const std::string& info) {
+  for (absl::string_view line : absl::StrSplit(info, '\n')) {
+    if (absl::StrContains(line, "cma/") && absl::StrContains(line, "rma_bw")) return true;
+  }
+  return false;
+}
+
+// kvtier's default UCX settings make CMA carry rendezvous payloads on one host; without
+// them (UCX 1.13 and error-handling endpoints) the payloads go over TCP loopback.
+TEST(UcxLanesTest, DefaultsMovePayloadsByCmaOnOneHost) {
+  if (!ucx::CrossMemoryAttachPermitted()) {
+    GTEST_SKIP() << "process_vm_readv is not permitted here (Yama ptrace_scope or seccomp)";
+  }
+  ASSERT_FALSE(ucx::UcxLoopOptions::DefaultUcxSettings().empty());
+  const std::string with = LanesAfterRoundTrip(std::nullopt);
+  EXPECT_TRUE(HasCmaRendezvousLane(with)) << with;
+  const std::string without = LanesAfterRoundTrip(std::vector<ucx::UcxLoopOptions::Setting>{});
+  EXPECT_FALSE(HasCmaRendezvousLane(without)) << without;
+  EXPECT_TRUE(absl::StrContains(without, "tcp/")) << without;
+}
+
+// UCX_<name> in the environment wins over a kvtier default.
+TEST(UcxLanesTest, EnvironmentOverridesTheDefaults) {
+  if (!ucx::CrossMemoryAttachPermitted()) {
+    GTEST_SKIP() << "process_vm_readv is not permitted here (Yama ptrace_scope or seccomp)";
+  }
+  ASSERT_EQ(setenv("UCX_CMA_MEMORY_INVALIDATE", "n", 1), 0);
+  const std::string info = LanesAfterRoundTrip(std::nullopt);
+  unsetenv("UCX_CMA_MEMORY_INVALIDATE");
+  EXPECT_FALSE(HasCmaRendezvousLane(info)) << info;
+}
+
+// A default this UCX version does not know is skipped, not an error.
+TEST(UcxLanesTest, UnknownDefaultIsSkipped) {
+  ucx::UcxLoopOptions o;
+  o.ucx_config = {{"TLS", "tcp"}};
+  o.ucx_defaults = {{"NO_SUCH_KVTIER_SETTING", "UCX_NO_SUCH_KVTIER_SETTING", "1"}};
+  auto loop = ucx::UcxLoop::Start(o, nullptr);
+  EXPECT_TRUE(loop.ok()) << loop.status();
+}
 
 }  // namespace
 }  // namespace kvtier

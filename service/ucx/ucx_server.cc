@@ -99,18 +99,25 @@ absl::StatusOr<sockaddr_storage> ParseAddress(const std::string& ip, uint16_t po
       absl::StrCat("listen_address \"", ip, "\" is not an IPv4 or IPv6 address"));
 }
 
-// A buffer for a received payload. The store keeps it, so it is fresh memory every time;
-// asking for transparent huge pages before it is first touched turns ~1000 page faults per
-// 4 MiB into a few (THP is usually in "madvise" mode; without THP this changes nothing).
+// A buffer for a received payload. The store keeps it, so until the store is full and
+// evicts, it is memory the process has never touched: zeroing it (std::vector value-
+// initializes) takes a page fault per 4 KiB page. MADV_POPULATE_WRITE (Linux 5.14) maps the
+// whole range in one call first, about 1.6x faster on fresh memory (measured on the 2-vCPU
+// VM) and nearly free on recycled memory; older kernels reject it and fault as before.
+// (MADV_HUGEPAGE, tried before, made fresh 4 MiB buffers 2x slower on that VM: the kernel
+// zeroes whole 2 MiB pages on the faulting thread.)
 std::shared_ptr<std::vector<uint8_t>> NewPayloadBuffer(size_t n) {
   auto buf = std::make_shared<std::vector<uint8_t>>();
   buf->reserve(n);
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  if (n >= kHuge) {
-    uintptr_t begin = (reinterpret_cast<uintptr_t>(buf->data()) + kHuge - 1) & ~(kHuge - 1);
-    uintptr_t end = (reinterpret_cast<uintptr_t>(buf->data()) + n) & ~(kHuge - 1);
-    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#ifdef MADV_POPULATE_WRITE
+  constexpr uintptr_t kPage = 4096;
+  constexpr size_t kMinPopulate = size_t{256} << 10;
+  if (n >= kMinPopulate) {
+    const uintptr_t begin = (reinterpret_cast<uintptr_t>(buf->data()) + kPage - 1) & ~(kPage - 1);
+    const uintptr_t end = (reinterpret_cast<uintptr_t>(buf->data()) + n) & ~(kPage - 1);
+    if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
   }
+#endif
   buf->resize(n);
   return buf;
 }

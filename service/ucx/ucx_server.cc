@@ -2,7 +2,6 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <ucp/api/ucp.h>
 
@@ -21,6 +20,7 @@
 #include "common/status_macros.h"
 #include "common/ucx/ucx_status.h"
 #include "kvtier/v1/kvtier.pb.h"
+#include "service/put_buffers.h"
 
 namespace kvtier::service {
 namespace {
@@ -99,29 +99,6 @@ absl::StatusOr<sockaddr_storage> ParseAddress(const std::string& ip, uint16_t po
       absl::StrCat("listen_address \"", ip, "\" is not an IPv4 or IPv6 address"));
 }
 
-// A buffer for a received payload. The store keeps it, so until the store is full and
-// evicts, it is memory the process has never touched: zeroing it (std::vector value-
-// initializes) takes a page fault per 4 KiB page. MADV_POPULATE_WRITE (Linux 5.14) maps the
-// whole range in one call first, about 1.6x faster on fresh memory (measured on the 2-vCPU
-// VM) and nearly free on recycled memory; older kernels reject it and fault as before.
-// (MADV_HUGEPAGE, tried before, made fresh 4 MiB buffers 2x slower on that VM: the kernel
-// zeroes whole 2 MiB pages on the faulting thread.)
-std::shared_ptr<std::vector<uint8_t>> NewPayloadBuffer(size_t n) {
-  auto buf = std::make_shared<std::vector<uint8_t>>();
-  buf->reserve(n);
-#ifdef MADV_POPULATE_WRITE
-  constexpr uintptr_t kPage = 4096;
-  constexpr size_t kMinPopulate = size_t{256} << 10;
-  if (n >= kMinPopulate) {
-    const uintptr_t begin = (reinterpret_cast<uintptr_t>(buf->data()) + kPage - 1) & ~(kPage - 1);
-    const uintptr_t end = (reinterpret_cast<uintptr_t>(buf->data()) + n) & ~(kPage - 1);
-    if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
-  }
-#endif
-  buf->resize(n);
-  return buf;
-}
-
 const char* TierName(storage::Tier t) { return t == storage::Tier::kDisk ? "disk" : "memory"; }
 v1::Tier ToProto(storage::Tier t) {
   return t == storage::Tier::kDisk ? v1::TIER_DISK : v1::TIER_MEMORY;
@@ -193,7 +170,13 @@ class UcxDataPlane::Impl {
     if (options_.store_threads < 0) {
       return absl::InvalidArgumentError("store_threads must not be negative");
     }
+    if (options_.ready_put_buffers < 0) {
+      return absl::InvalidArgumentError("ready_put_buffers must not be negative");
+    }
     if (options_.store_threads > 0) pool_ = std::make_unique<StorePool>(options_.store_threads);
+    PutBuffers::Options bo;
+    bo.ready = options_.ready_put_buffers;
+    put_buffers_ = std::make_unique<PutBuffers>(bo);
     socklen_t addr_len = 0;
     KVTIER_ASSIGN_OR_RETURN(sockaddr_storage addr,
                             ParseAddress(options_.listen_address, options_.port, &addr_len));
@@ -291,6 +274,7 @@ class UcxDataPlane::Impl {
     st.requests = requests_.load();
     st.rendezvous_receives = rendezvous_receives_.load();
     st.rejected_before_receive = rejected_before_receive_.load();
+    if (put_buffers_ != nullptr) st.put_buffers_ready = put_buffers_->stats().taken_ready;
     return st;
   }
 
@@ -765,7 +749,7 @@ class UcxDataPlane::Impl {
     job.rndv_desc = nullptr;
     auto start = [this, req, key = std::move(key), desc, n]() mutable {
       inflight_put_bytes_ += n;
-      std::shared_ptr<std::vector<uint8_t>> buf = NewPayloadBuffer(n);
+      std::shared_ptr<std::vector<uint8_t>> buf = put_buffers_->Take(n);
       ReceiveRndv(*req->conn, desc, buf->data(), n,
                   [this, req, key = std::move(key), buf, n](absl::Status s) mutable {
                     if (s.ok()) {
@@ -888,6 +872,7 @@ class UcxDataPlane::Impl {
   std::deque<WaitingPut> waiting_puts_;  // rendezvous puts waiting for budget
 
   std::unique_ptr<StorePool> pool_;  // null: store calls run inline on the loop thread
+  std::unique_ptr<PutBuffers> put_buffers_;  // set in Start, before the loop runs
   absl::Mutex completions_mu_;
   // Continuations of store calls finished on the pool, run by OnIteration.
   std::deque<absl::AnyInvocable<void()>> completions_ ABSL_GUARDED_BY(completions_mu_);

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "client/ucx/ucx_client.h"
 #include "gtest/gtest.h"
 #include "service/ucx/ucx_server.h"
@@ -198,6 +199,56 @@ TEST_P(UcxTransportTest, PutGetRoundTripOfLargePayloads) {
   for (const Payload& p : payloads) total += p->size();
   EXPECT_EQ(put_in, total + payloads[3]->size());
   EXPECT_EQ(get_out, total);
+}
+
+// Puts of one size are received into buffers prepared ahead (ready_put_buffers); with 0,
+// never. Either way every block round-trips exactly.
+TEST_P(UcxTransportTest, RepeatedPutSizeUsesPreparedBuffersUnlessDisabled) {
+  for (int ready : {4, 0}) {
+    SCOPED_TRACE(ready);
+    server_->Stop();
+    UcxDataPlaneOptions o;
+    o.ready_put_buffers = ready;
+    StartServer(o);
+    auto c = Connect();
+    ASSERT_NE(c, nullptr);
+    std::vector<Payload> sent;
+    std::vector<ChainHash> chain;
+    // At least 12 puts; with ready > 0, more (bounded) until one found a prepared buffer:
+    // the background thread needs time to prepare, and a miss only allocates.
+    for (int i = 0; i < 12 || (ready > 0 && i < 200 && server_->stats().put_buffers_ready == 0);
+         ++i) {
+      sent.push_back(ucx_test::PayloadOfAtLeast(500 + i, 1 << 20));
+      chain.push_back(H(500 + i));
+      auto r = c->Put(kNs, chain.back(), 0, sent.back()->data(), sent.back()->size());
+      ASSERT_TRUE(r.ok()) << r.status();
+      if (ready > 0 && i >= 1) absl::SleepFor(absl::Milliseconds(5));
+    }
+    auto got = c->Get(kNs, 0, chain);
+    ASSERT_TRUE(got.ok()) << got.status();
+    for (size_t i = 0; i < sent.size(); ++i) {
+      ASSERT_TRUE((*got)[i].payload.has_value()) << i;
+      EXPECT_EQ(*(*got)[i].payload, *sent[i]) << i;
+    }
+    if (ready > 0) {
+      EXPECT_GE(server_->stats().put_buffers_ready, 1u);
+    } else {
+      EXPECT_EQ(server_->stats().put_buffers_ready, 0u);
+    }
+  }
+}
+
+TEST_P(UcxTransportTest, NegativeReadyPutBuffersIsInvalidArgument) {
+  storage::TieredStoreOptions so;
+  so.memory_capacity_bytes = uint64_t{16} << 20;
+  auto store = storage::TieredStore::Open(so);
+  ASSERT_TRUE(store.ok());
+  UcxDataPlaneOptions o;
+  o.listen_address = "127.0.0.1";
+  o.ready_put_buffers = -1;
+  o.loop = ucx_test::LoopOptions("ucx-test-bad");
+  EXPECT_EQ(UcxDataPlane::Start(o, store->get(), {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST_P(UcxTransportTest, LookupCountsTheLeadingPrefixOnly) {

@@ -50,30 +50,42 @@ size_t PutBuffers::TargetFor(size_t n) const {
   return std::min<size_t>(static_cast<size_t>(options_.ready), options_.max_ready_bytes / n);
 }
 
-std::shared_ptr<std::vector<uint8_t>> PutBuffers::Take(size_t n) {
+std::shared_ptr<std::vector<uint8_t>> PutBuffers::TakePrepared(size_t n, bool counts_allocation) {
   std::deque<std::shared_ptr<std::vector<uint8_t>>> drop;  // freed outside the lock
-  {
-    absl::MutexLock lock(&mu_);
-    if (n == hot_) candidate_ = 0;  // "twice in a row" means consecutive Takes
-    if (n == hot_ && !ready_.empty()) {
-      std::shared_ptr<std::vector<uint8_t>> buf = std::move(ready_.front());
-      ready_.pop_front();
-      stats_.taken_ready++;
-      return buf;
-    }
+  absl::MutexLock lock(&mu_);
+  if (n == hot_) candidate_ = 0;  // "twice in a row" means consecutive takes
+  if (n == hot_ && !ready_.empty()) {
+    std::shared_ptr<std::vector<uint8_t>> buf = std::move(ready_.front());
+    ready_.pop_front();
+    stats_.taken_ready++;
+    return buf;
+  }
+  if (counts_allocation) {
     stats_.allocated++;
-    if (n != hot_) {
-      if (n == candidate_ && TargetFor(n) > 0) {
-        hot_ = n;
-        target_ = TargetFor(n);
-        stats_.discarded += ready_.size();
-        drop.swap(ready_);
-      } else {
-        candidate_ = n;
-      }
+  } else {
+    stats_.not_ready++;
+  }
+  if (n != hot_) {
+    if (n == candidate_ && TargetFor(n) > 0) {
+      hot_ = n;
+      target_ = TargetFor(n);
+      stats_.discarded += ready_.size();
+      drop.swap(ready_);
+    } else {
+      candidate_ = n;
     }
   }
-  return Allocate(n);
+  // `drop` is destroyed after the lock is released (declared before it).
+  return nullptr;
+}
+
+std::shared_ptr<std::vector<uint8_t>> PutBuffers::Take(size_t n) {
+  std::shared_ptr<std::vector<uint8_t>> buf = TakePrepared(n, /*counts_allocation=*/true);
+  return buf != nullptr ? buf : Allocate(n);
+}
+
+std::shared_ptr<std::vector<uint8_t>> PutBuffers::TakeReady(size_t n) {
+  return TakePrepared(n, /*counts_allocation=*/false);
 }
 
 PutBuffers::Stats PutBuffers::stats() const {

@@ -50,6 +50,7 @@ class PutBuffers {
   struct Stats {
     uint64_t taken_ready = 0;  // Take calls served by a prepared buffer
     uint64_t allocated = 0;    // Take calls that allocated on the caller's thread
+    uint64_t not_ready = 0;    // TakeReady calls that returned null
     uint64_t prepared = 0;     // buffers the background thread prepared
     uint64_t discarded = 0;    // prepared buffers dropped because the hot size changed
   };
@@ -62,6 +63,11 @@ class PutBuffers {
   // A buffer of exactly n bytes (zeros).
   std::shared_ptr<std::vector<uint8_t>> Take(size_t n);
 
+  // A prepared buffer of exactly n bytes (zeros), or null when none is ready; never
+  // allocates (for callers that must not commit memory on a size a peer merely announced).
+  // Counts toward the choice of the hot size like Take.
+  std::shared_ptr<std::vector<uint8_t>> TakeReady(size_t n);
+
   Stats stats() const;
 
   // A fresh buffer of n bytes (zeros), its pages mapped in one call where the kernel
@@ -71,6 +77,9 @@ class PutBuffers {
  private:
   void Run();
   size_t TargetFor(size_t n) const;
+  // The prepared buffer for n or null; updates the hot size and stats (`allocated` counts
+  // a miss when `counts_allocation`).
+  std::shared_ptr<std::vector<uint8_t>> TakePrepared(size_t n, bool counts_allocation);
 
   const Options options_;
   mutable absl::Mutex mu_;

@@ -85,6 +85,24 @@ TEST(PutBuffersTest, OneOffSizesDoNotDisplaceTheHotSize) {
   EXPECT_EQ(s.taken_ready, 3u);
 }
 
+TEST(PutBuffersTest, TakeReadyNeverAllocates) {
+  PutBuffers::Options o;
+  o.ready = 1;
+  PutBuffers b(o);
+  const size_t n = 2 * kMiB;
+  EXPECT_EQ(b.TakeReady(n), nullptr);
+  EXPECT_EQ(b.TakeReady(n), nullptr);  // makes n the hot size
+  ASSERT_TRUE(WaitPrepared(b, 1));
+  auto buf = b.TakeReady(n);
+  ASSERT_NE(buf, nullptr);
+  EXPECT_EQ(buf->size(), n);
+  EXPECT_TRUE(AllZero(*buf));
+  PutBuffers::Stats s = b.stats();
+  EXPECT_EQ(s.not_ready, 2u);
+  EXPECT_EQ(s.allocated, 0u);
+  EXPECT_EQ(s.taken_ready, 1u);
+}
+
 TEST(PutBuffersTest, SmallLargeAndDisabledAreNeverPrepared) {
   PutBuffers::Options o;
   o.ready = 4;

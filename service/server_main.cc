@@ -37,6 +37,9 @@ ABSL_FLAG(int, max_concurrent_streams, 1024, "concurrent streaming RPCs");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(20),
           "time in-flight requests get after SIGTERM");
 ABSL_FLAG(absl::Duration, ucx_session_ttl, absl::Hours(1), "lifetime of a UCX session token");
+ABSL_FLAG(int, ready_put_buffers, 4,
+          "Put payload buffers prepared ahead per transport for the most common block size "
+          "(at most 64MiB each); 0 disables");
 
 namespace {
 
@@ -86,6 +89,7 @@ int main(int argc, char** argv) {
   o.limits.max_message_bytes = *msg;
   o.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
   o.ucx_session_ttl = absl::GetFlag(FLAGS_ucx_session_ttl);
+  o.ready_put_buffers = absl::GetFlag(FLAGS_ready_put_buffers);
   const absl::Duration drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
   o.drain_timeout = drain_timeout;
 
@@ -112,6 +116,7 @@ int main(int argc, char** argv) {
   dump("max_concurrent_streams", absl::StrCat(o.max_concurrent_streams));
   dump("drain_timeout", absl::FormatDuration(drain_timeout));
   dump("ucx_session_ttl", absl::FormatDuration(o.ucx_session_ttl));
+  dump("ready_put_buffers", absl::StrCat(o.ready_put_buffers));
 
   // Block the stop signals before any thread starts so that only sigwait sees them.
   sigset_t stop_signals;

@@ -274,7 +274,11 @@ class UcxDataPlane::Impl {
     st.requests = requests_.load();
     st.rendezvous_receives = rendezvous_receives_.load();
     st.rejected_before_receive = rejected_before_receive_.load();
-    if (put_buffers_ != nullptr) st.put_buffers_ready = put_buffers_->stats().taken_ready;
+    if (put_buffers_ != nullptr) {
+      const PutBuffers::Stats b = put_buffers_->stats();
+      st.put_buffers_ready = b.taken_ready;
+      st.put_buffers_allocated = b.allocated;
+    }
     return st;
   }
 

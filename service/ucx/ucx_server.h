@@ -115,6 +115,7 @@ struct UcxDataPlaneStats {
   uint64_t rendezvous_receives = 0;      // request data pulled with ucp_am_recv_data_nbx
   uint64_t rejected_before_receive = 0;  // rendezvous data dropped because the header failed
   uint64_t put_buffers_ready = 0;        // rendezvous puts received into a prepared buffer
+  uint64_t put_buffers_allocated = 0;    // rendezvous puts whose buffer was allocated then
 };
 
 // Thread-safe: see the file comment.

@@ -168,10 +168,15 @@ void UcxLoop::Main(absl::Status* init_status, absl::Notification* init_done) {
 }
 
 bool UcxLoop::RunTasks() {
+  // The loop calls this on every spin while busy-polling: skip the mutex when nothing was
+  // posted, so that a poster holding it (Wake's ucp_worker_signal is a syscall) does not
+  // make the loop thread spin on the lock.
+  if (!has_tasks_.load(std::memory_order_acquire)) return false;
   std::deque<absl::AnyInvocable<void()>> tasks;
   {
     absl::MutexLock lock(&mu_);
     tasks.swap(tasks_);
+    has_tasks_.store(false, std::memory_order_relaxed);
   }
   for (auto& task : tasks) task();
   return !tasks.empty();
@@ -183,6 +188,7 @@ bool UcxLoop::Post(absl::AnyInvocable<void()> task) {
   absl::MutexLock lock(&mu_);
   if (!accepting_) return false;
   tasks_.push_back(std::move(task));
+  has_tasks_.store(true, std::memory_order_release);
   ucp_worker_signal(worker_);
   return true;
 }
@@ -206,6 +212,7 @@ absl::Status UcxLoop::Call(absl::AnyInvocable<absl::Status()> fn) {
         result = fn();
         done->Notify();
       });
+      has_tasks_.store(true, std::memory_order_release);
       posted = true;
       ucp_worker_signal(worker_);
     }

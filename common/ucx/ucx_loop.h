@@ -158,6 +158,8 @@ class UcxLoop {
 
   absl::Mutex mu_;
   std::deque<absl::AnyInvocable<void()>> tasks_ ABSL_GUARDED_BY(mu_);
+  // !tasks_.empty(), readable without mu_ (written under it).
+  std::atomic<bool> has_tasks_{false};
   bool accepting_ ABSL_GUARDED_BY(mu_) = true;
 };
 

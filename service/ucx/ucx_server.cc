@@ -396,9 +396,10 @@ class UcxDataPlane::Impl {
 
   void OnIteration() {
     std::deque<absl::AnyInvocable<void()>> completions;
-    {
+    if (has_completions_.load(std::memory_order_acquire)) {  // no lock on an idle spin
       absl::MutexLock lock(&completions_mu_);
       completions.swap(completions_);
+      has_completions_.store(false, std::memory_order_relaxed);
     }
     for (auto& c : completions) c();
     while (!deferred_.empty()) {
@@ -474,6 +475,7 @@ class UcxDataPlane::Impl {
         completions_.push_back([then = std::move(then), result = std::move(result)]() mutable {
           then(std::move(result));
         });
+        has_completions_.store(true, std::memory_order_release);
       }
       loop_->Wake();
     });
@@ -880,6 +882,7 @@ class UcxDataPlane::Impl {
   absl::Mutex completions_mu_;
   // Continuations of store calls finished on the pool, run by OnIteration.
   std::deque<absl::AnyInvocable<void()>> completions_ ABSL_GUARDED_BY(completions_mu_);
+  std::atomic<bool> has_completions_{false};  // !completions_.empty(); written under the mutex
 
   // Written on the loop thread, read anywhere.
   std::atomic<size_t> inflight_{0};

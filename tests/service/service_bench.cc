@@ -378,6 +378,7 @@ int main(int argc, char** argv) {
   // The same malloc setting as kvtier-server: multi-MiB buffers from the heap, not mmap.
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  mallopt(M_ARENA_MAX, 1);
   const absl::Duration dur = absl::Seconds(seconds);
   const std::string capacity = "3GiB";
 

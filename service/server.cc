@@ -254,7 +254,7 @@ grpc::ByteBuffer ToByteBuffer(const google::protobuf::MessageLite& m) {
 void ReleasePayload(void* holder) { delete static_cast<storage::Payload*>(holder); }
 
 // ---------------------------------------------------------------------------------------
-// Put: a client stream of header, chunk..., header, chunk...; validated as blocks complete,
+// Put: a client stream of header, chunk..., header, chunk...; headers checked as blocks complete,
 // committed on half-close, all or nothing.
 class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
@@ -436,7 +436,12 @@ class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       }
     }
     if (b.complete()) {
-      absl::StatusOr<kernels::PayloadView> v = kernels::ValidatePayload(b.view());
+      // The header (sizes, preset, header checksum) here, so a bad block fails the stream
+      // at once; the body checksum is verified by TieredStore::Put at commit (its contract:
+      // every payload validated, nothing changed on failure), so each payload is hashed
+      // once, not twice. A failing block still stores nothing of the stream (all or
+      // nothing, Commit).
+      absl::StatusOr<kernels::PayloadHeader> v = kernels::ParseHeader(b.view());
       if (!v.ok()) {
         return absl::Status(v.status().code(),
                             absl::StrCat("block ", index, ": ", v.status().message()));

@@ -124,6 +124,10 @@ class UcxConnection {
   // Idempotent.
   void Close();
 
+  // Tests only: Get blocks received into a buffer the calling thread zeroed ahead (a Get
+  // prepares up to 4 of the last received block size, at most 64 MiB in all).
+  uint64_t PreparedReceivesForTesting() const;
+
   // Tests only: sends `header` verbatim as a request AM (with `data` as its AM data, which
   // must stay valid until the call returns) and collects every response whose request_id
   // is `request_id` until one has `last` set.

@@ -238,6 +238,37 @@ TEST_P(UcxTransportTest, RepeatedPutSizeUsesPreparedBuffersUnlessDisabled) {
   }
 }
 
+// A Get prepares receive buffers of the last received size; a block of another size is
+// received into a buffer of its own size. Bytes are exact either way.
+TEST_P(UcxTransportTest, GetReceivesIntoPreparedBuffersOfTheLastSize) {
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  Payload a = ucx_test::PayloadOfAtLeast(601, 1 << 20);
+  Payload b = ucx_test::PayloadOfAtLeast(602, 3 << 20);
+  ASSERT_NE(a->size(), b->size());
+  ASSERT_TRUE(c->Put(kNs, H(601), 0, a->data(), a->size()).ok());
+  ASSERT_TRUE(c->Put(kNs, H(602), 0, b->data(), b->size()).ok());
+  auto check = [&](const std::vector<ChainHash>& chain, const std::vector<Payload>& want) {
+    auto got = c->Get(kNs, 0, chain);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(got->size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i) {
+      ASSERT_TRUE((*got)[i].payload.has_value()) << i;
+      EXPECT_EQ(*(*got)[i].payload, *want[i]) << i;
+    }
+  };
+  check({H(601)}, {a});  // nothing received yet: no hint
+  EXPECT_EQ(c->PreparedReceivesForTesting(), 0u);
+  check({H(601)}, {a});  // hint = a's size
+  EXPECT_EQ(c->PreparedReceivesForTesting(), 1u);
+  check({H(602), H(601)}, {b, a});  // b does not match the hint; a does (index 1)
+  EXPECT_EQ(c->PreparedReceivesForTesting(), 2u);
+  check({H(602)}, {b});  // the last block received was a: no match for b
+  EXPECT_EQ(c->PreparedReceivesForTesting(), 2u);
+  check({H(602)}, {b});
+  EXPECT_EQ(c->PreparedReceivesForTesting(), 3u);
+}
+
 TEST_P(UcxTransportTest, NegativeReadyPutBuffersIsInvalidArgument) {
   storage::TieredStoreOptions so;
   so.memory_capacity_bytes = uint64_t{16} << 20;

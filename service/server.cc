@@ -461,9 +461,9 @@ class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     std::vector<storage::PutOutcome> outcomes;
     for (size_t i = 0; i < blocks_.size(); ++i) {
       Block& b = blocks_[i];
-      storage::Payload payload = b.prepared != nullptr
-                                     ? storage::Payload(std::move(b.prepared))
-                                     : std::make_shared<const std::vector<uint8_t>>(std::move(b.data));
+      storage::Payload payload =
+          b.prepared != nullptr ? storage::Payload(std::move(b.prepared))
+                                : std::make_shared<const std::vector<uint8_t>>(std::move(b.data));
       absl::StatusOr<storage::PutOutcome> r = st_->store->Put(b.key, std::move(payload));
       if (!r.ok()) {
         // All or nothing: undo the blocks this stream stored.

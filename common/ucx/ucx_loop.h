@@ -58,8 +58,8 @@ struct UcxLoopOptions {
   // version does not know is skipped (UCX logs a warning). Fixed at Start.
   // Default: DefaultUcxSettings().
   struct Setting {
-    std::string name;      // as ucp_config_modify takes it, e.g. "MEMORY_INVALIDATE"
-    std::string env;       // the variable that overrides it, e.g. "UCX_CMA_MEMORY_INVALIDATE"
+    std::string name;  // as ucp_config_modify takes it, e.g. "MEMORY_INVALIDATE"
+    std::string env;   // the variable that overrides it, e.g. "UCX_CMA_MEMORY_INVALIDATE"
     std::string value;
   };
   std::vector<Setting> ucx_defaults = DefaultUcxSettings();

@@ -877,7 +877,7 @@ class UcxDataPlane::Impl {
   };
   std::deque<WaitingPut> waiting_puts_;  // rendezvous puts waiting for budget
 
-  std::unique_ptr<StorePool> pool_;  // null: store calls run inline on the loop thread
+  std::unique_ptr<StorePool> pool_;          // null: store calls run inline on the loop thread
   std::unique_ptr<PutBuffers> put_buffers_;  // set in Start, before the loop runs
   absl::Mutex completions_mu_;
   // Continuations of store calls finished on the pool, run by OnIteration.

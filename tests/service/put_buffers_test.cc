@@ -45,8 +45,7 @@ double PutBuffersMetric(const ServerProcess& s, const std::string& transport,
 
 // Puts same-size blocks one at a time (at least 8; more, bounded, until one used a prepared
 // buffer when `expect_prepared`), then checks every block comes back exactly.
-void PutAndCheck(const ServerProcess& s, TransportKind kind, bool expect_prepared,
-                 uint64_t seed) {
+void PutAndCheck(const ServerProcess& s, TransportKind kind, bool expect_prepared, uint64_t seed) {
   const std::string transport = kind == TransportKind::kUcx ? "ucx" : "grpc";
   SCOPED_TRACE(transport);
   ClientOptions o;

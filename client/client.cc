@@ -322,8 +322,9 @@ std::vector<BlockResult> Client::Get(absl::string_view ns, uint32_t part,
         continue;
       }
       dst = std::move((*r)[k]);
-      if (dst.hit) {
-        // Never hand out bytes that fail validation.
+      if (dst.hit && !transports_[s]->validates_payloads()) {
+        // Never hand out bytes that fail validation (hashed once: here, or by a transport
+        // that validates on receipt).
         absl::StatusOr<kernels::PayloadView> v = kernels::ValidatePayload(dst.payload);
         if (!v.ok()) {
           dst.hit = false;
@@ -332,7 +333,7 @@ std::vector<BlockResult> Client::Get(absl::string_view ns, uint32_t part,
           dst.status = absl::DataLossError(
               absl::StrCat("received block failed validation: ", v.status().message()));
         }
-      } else {
+      } else if (!dst.hit) {
         dst.payload.clear();
       }
     }

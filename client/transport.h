@@ -82,11 +82,15 @@ class Transport {
   virtual absl::StatusOr<std::vector<PutOutcome>> Put(absl::string_view ns, uint32_t part,
                                                       absl::Span<const PutItem> blocks,
                                                       absl::Time deadline) = 0;
-  // One result per hash, in order. Payloads are NOT validated here (Client does it). A
-  // non-OK return means the call failed as a whole.
+  // One result per hash, in order. Payloads are validated by Client, unless
+  // validates_payloads() (then every hit was validated on receipt and every failure is a
+  // non-hit). A non-OK return means the call failed as a whole.
   virtual absl::StatusOr<std::vector<BlockResult>> Get(absl::string_view ns, uint32_t part,
                                                        absl::Span<const ChainHash> chain,
                                                        absl::Time deadline) = 0;
+  // True when Get itself validates every hit (kernels::ValidatePayload on receipt), so
+  // Client need not hash it a second time. Default: false.
+  virtual bool validates_payloads() const { return false; }
   virtual absl::StatusOr<uint32_t> Delete(absl::string_view ns, uint32_t part,
                                           absl::Span<const ChainHash> chain,
                                           absl::Time deadline) = 0;

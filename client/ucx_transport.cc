@@ -40,6 +40,8 @@ class UcxTransport final : public Transport {
 
   const std::string& endpoint() const override { return endpoint_; }
   absl::string_view kind() const override { return "ucx"; }
+  // UcxConnection::Get validates every block on receipt (a failing one is kDataLoss).
+  bool validates_payloads() const override { return true; }
 
   absl::StatusOr<uint32_t> Lookup(absl::string_view ns, uint32_t part,
                                   absl::Span<const ChainHash> chain, uint32_t block_tokens,

@@ -22,6 +22,7 @@
 #include "proto/kvtier/v1/wire.h"
 #include "service/auth.h"
 #include "service/metrics.h"
+#include "service/put_buffers.h"
 #ifdef KVTIER_HAVE_UCX_DATA_PLANE
 #include "service/ucx/ucx_server.h"
 #endif
@@ -76,6 +77,10 @@ struct ServiceMetrics {
                                                  "Payload bytes moved", {"transport", "direction"});
   GaugeFamily& inflight =
       reg.AddGauge("kvtier_inflight_requests", "Requests being served", {"transport"});
+  CounterFamily& put_buffers = reg.AddCounter(
+      "kvtier_put_buffers_total",
+      "Put payload buffers by source: prepared ahead (no page faults on receipt) or allocated",
+      {"transport", "source"});
   GaugeFamily& build_info = reg.AddGauge("kvtier_build_info", "Build information", {"version"});
 
   void OnRequest(absl::string_view method, absl::string_view transport, absl::StatusCode code,
@@ -156,6 +161,8 @@ struct State {
   std::atomic<int> inflight{0};  // requests between RequestScope start and Done
   std::atomic<bool> draining{false};
   absl::Time start_time = absl::Now();
+  // Put payload buffers prepared ahead (set before the gRPC server starts).
+  std::unique_ptr<PutBuffers> put_buffers;
 };
 
 absl::StatusOr<Grant> Authenticate(State* st, grpc::CallbackServerContext* ctx) {
@@ -247,7 +254,7 @@ grpc::ByteBuffer ToByteBuffer(const google::protobuf::MessageLite& m) {
 void ReleasePayload(void* holder) { delete static_cast<storage::Payload*>(holder); }
 
 // ---------------------------------------------------------------------------------------
-// Put: a client stream of header, chunk..., header, chunk...; validated as blocks complete,
+// Put: a client stream of header, chunk..., header, chunk...; headers checked as blocks complete,
 // committed on half-close, all or nothing.
 class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
@@ -289,8 +296,16 @@ class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   struct Block {
     BlockKey key;
     uint64_t payload_bytes = 0;
+    uint64_t received = 0;
+    // Exactly payload_bytes, when a prepared buffer of that size was ready (no page faults
+    // of fresh memory while copying); otherwise `data` grows with the chunks.
+    std::shared_ptr<std::vector<uint8_t>> prepared;
     std::vector<uint8_t> data;
-    bool complete() const { return data.size() == payload_bytes; }
+    bool complete() const { return received == payload_bytes; }
+    const uint8_t* bytes() const { return prepared ? prepared->data() : data.data(); }
+    absl::Span<const uint8_t> view() const {
+      return absl::Span<const uint8_t>(bytes(), static_cast<size_t>(received));
+    }
   };
 
   absl::Status Consume() {
@@ -332,7 +347,7 @@ class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     if (!blocks_.empty() && !blocks_.back().complete()) {
       return absl::InvalidArgumentError(
           absl::StrCat("header of block ", index, " arrived before block ", index - 1,
-                       "'s payload was complete (", blocks_.back().data.size(), " of ",
+                       "'s payload was complete (", blocks_.back().received, " of ",
                        blocks_.back().payload_bytes, " bytes)"));
     }
     if (index >= st_->limits.max_blocks_per_put) {
@@ -358,9 +373,13 @@ class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     Block b;
     b.key = MakeKey(h.key().namespace_(), hash, h.key().part());
     b.payload_bytes = h.payload_bytes();
-    // Reserve at most 16 MiB on the declared size; beyond that the buffer grows with the
-    // chunks actually received (a hostile header cannot make the server commit memory).
-    b.data.reserve(std::min<uint64_t>(h.payload_bytes(), uint64_t{16} << 20));
+    // A prepared buffer only if one is ready (TakeReady never allocates). Otherwise reserve
+    // at most 16 MiB on the declared size; beyond that the buffer grows with the chunks
+    // actually received (a hostile header cannot make the server commit memory).
+    if (st_->put_buffers != nullptr) b.prepared = st_->put_buffers->TakeReady(h.payload_bytes());
+    if (b.prepared == nullptr) {
+      b.data.reserve(std::min<uint64_t>(h.payload_bytes(), uint64_t{16} << 20));
+    }
     buffered_ += h.payload_bytes();
     blocks_.push_back(std::move(b));
     return absl::OkStatus();
@@ -378,24 +397,33 @@ class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       return absl::InvalidArgumentError(
           absl::StrCat("chunk of ", chunk_size, " bytes; chunks are 1 byte .. 4 MiB"));
     }
-    if (chunk_size > b.payload_bytes - b.data.size()) {
+    if (chunk_size > b.payload_bytes - b.received) {
       return absl::InvalidArgumentError(
           absl::StrCat("chunks of block ", index, " exceed its payload_bytes ", b.payload_bytes));
     }
-    const size_t before = b.data.size();
-    if (b.data.capacity() < before + chunk_size) {
-      b.data.reserve(std::min<uint64_t>(
-          b.payload_bytes, std::max<uint64_t>(2 * b.data.capacity(), before + chunk_size)));
+    const size_t before = b.received;
+    if (b.prepared != nullptr) {
+      uint8_t* out = b.prepared->data() + before;
+      for (const auto& piece : pieces) {
+        std::memcpy(out, piece.data(), piece.size());
+        out += piece.size();
+      }
+    } else {
+      if (b.data.capacity() < before + chunk_size) {
+        b.data.reserve(std::min<uint64_t>(
+            b.payload_bytes, std::max<uint64_t>(2 * b.data.capacity(), before + chunk_size)));
+      }
+      for (const auto& piece : pieces) b.data.insert(b.data.end(), piece.begin(), piece.end());
     }
-    for (const auto& piece : pieces) b.data.insert(b.data.end(), piece.begin(), piece.end());
+    b.received += chunk_size;
     scope_.bytes_in += chunk_size;
-    if (before < kernels::kPayloadHeaderBytes && b.data.size() >= kernels::kPayloadHeaderBytes) {
+    if (before < kernels::kPayloadHeaderBytes && b.received >= kernels::kPayloadHeaderBytes) {
       // Early check of the payload header against the declared size: a mismatch is
       // rejected before the rest of the body is buffered.
       uint32_t magic;
       uint64_t body_bytes;
-      std::memcpy(&magic, b.data.data(), 4);
-      std::memcpy(&body_bytes, b.data.data() + 36, 8);
+      std::memcpy(&magic, b.bytes(), 4);
+      std::memcpy(&body_bytes, b.bytes() + 36, 8);
       if (magic != kernels::kPayloadMagic) {
         return absl::InvalidArgumentError(
             absl::StrCat("block ", index, ": invalid block payload: bad magic"));
@@ -408,7 +436,12 @@ class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       }
     }
     if (b.complete()) {
-      absl::StatusOr<kernels::PayloadView> v = kernels::ValidatePayload(b.data);
+      // The header (sizes, preset, header checksum) here, so a bad block fails the stream
+      // at once; the body checksum is verified by TieredStore::Put at commit (its contract:
+      // every payload validated, nothing changed on failure), so each payload is hashed
+      // once, not twice. A failing block still stores nothing of the stream (all or
+      // nothing, Commit).
+      absl::StatusOr<kernels::PayloadHeader> v = kernels::ParseHeader(b.view());
       if (!v.ok()) {
         return absl::Status(v.status().code(),
                             absl::StrCat("block ", index, ": ", v.status().message()));
@@ -421,14 +454,16 @@ class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     if (!blocks_.empty() && !blocks_.back().complete()) {
       const Block& b = blocks_.back();
       Fail(absl::InvalidArgumentError(absl::StrCat("stream ended inside block ", blocks_.size() - 1,
-                                                   " (", b.data.size(), " of ", b.payload_bytes,
+                                                   " (", b.received, " of ", b.payload_bytes,
                                                    " bytes)")));
       return;
     }
     std::vector<storage::PutOutcome> outcomes;
     for (size_t i = 0; i < blocks_.size(); ++i) {
       Block& b = blocks_[i];
-      auto payload = std::make_shared<const std::vector<uint8_t>>(std::move(b.data));
+      storage::Payload payload =
+          b.prepared != nullptr ? storage::Payload(std::move(b.prepared))
+                                : std::make_shared<const std::vector<uint8_t>>(std::move(b.data));
       absl::StatusOr<storage::PutOutcome> r = st_->store->Put(b.key, std::move(payload));
       if (!r.ok()) {
         // All or nothing: undo the blocks this stream stored.
@@ -776,6 +811,12 @@ class ServerImpl final : public Server {
       }
       creds = grpc::InsecureServerCredentials();
     }
+    if (o.ready_put_buffers < 0) {
+      return absl::InvalidArgumentError("ready_put_buffers must not be negative");
+    }
+    PutBuffers::Options bo;
+    bo.ready = o.ready_put_buffers;
+    st_.put_buffers = std::make_unique<PutBuffers>(bo);
     KVTIER_ASSIGN_OR_RETURN(st_.store, storage::TieredStore::Open(o.store));
     memory_capacity_ = o.store.memory_capacity_bytes;
     disk_capacity_ = o.store.disk_path.empty() ? 0 : o.store.disk_capacity_bytes;
@@ -878,9 +919,18 @@ class ServerImpl final : public Server {
       m.dedup_saved.Set({}, static_cast<double>(s.dedup_bytes_saved));
       m.corrupt_dropped.Set({}, static_cast<double>(s.corrupt_dropped));
     }
+    if (st_.put_buffers != nullptr) {
+      const PutBuffers::Stats b = st_.put_buffers->stats();
+      st_.metrics.put_buffers.Set({"grpc", "prepared"}, static_cast<double>(b.taken_ready));
+      st_.metrics.put_buffers.Set({"grpc", "allocated"}, static_cast<double>(b.not_ready));
+    }
 #ifdef KVTIER_HAVE_UCX_DATA_PLANE
     if (ucx_ != nullptr) {
       st_.metrics.inflight.Set({"ucx"}, static_cast<double>(ucx_->inflight_requests()));
+      const UcxDataPlaneStats u = ucx_->stats();
+      st_.metrics.put_buffers.Set({"ucx", "prepared"}, static_cast<double>(u.put_buffers_ready));
+      st_.metrics.put_buffers.Set({"ucx", "allocated"},
+                                  static_cast<double>(u.put_buffers_allocated));
     }
 #endif
     return st_.metrics.reg.Render();
@@ -928,6 +978,7 @@ class ServerImpl final : public Server {
     uo.listen_address = host;
     uo.port = static_cast<uint16_t>(o.ucx_port);
     uo.max_chain_length = o.limits.max_chain_length;
+    uo.ready_put_buffers = o.ready_put_buffers;
     uo.drain_timeout = o.drain_timeout;
     UcxHooks hooks;
     hooks.authorize = [this](absl::string_view token, absl::string_view ns, bool write) {

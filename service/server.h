@@ -50,6 +50,11 @@ struct ServerOptions {
   int max_concurrent_streams = 1024;
   // Lifetime of a UCX session token. Default: 1 h.
   absl::Duration ucx_session_ttl = absl::Hours(1);
+  // Put payload buffers a background thread keeps ready (allocated and pre-faulted) for
+  // the size most puts have, per transport (service/put_buffers.h): fresh memory's page
+  // faults then stay off the receiving threads. Holds up to this many buffers (at most
+  // 64 MiB) per transport outside the store's capacity; 0 disables it. Default: 4.
+  int ready_put_buffers = 4;
   // Time the UCX data plane gives requests already received when it stops (the gRPC side
   // takes its timeout from Drain). Default: 20 s.
   absl::Duration drain_timeout = absl::Seconds(20);

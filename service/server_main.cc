@@ -37,6 +37,9 @@ ABSL_FLAG(int, max_concurrent_streams, 1024, "concurrent streaming RPCs");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(20),
           "time in-flight requests get after SIGTERM");
 ABSL_FLAG(absl::Duration, ucx_session_ttl, absl::Hours(1), "lifetime of a UCX session token");
+ABSL_FLAG(int, ready_put_buffers, 4,
+          "Put payload buffers prepared ahead per transport for the most common block size "
+          "(at most 64MiB each); 0 disables");
 
 namespace {
 
@@ -52,6 +55,15 @@ int main(int argc, char** argv) {
   // faults on every request); keep them in the heap and keep freed memory for reuse.
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  // One malloc arena. Payload buffers are allocated on one thread (UCX loop, put-buffer
+  // thread, gRPC threads) and freed on another (store eviction); in glibc's per-thread
+  // arenas (64 MiB heaps) a heap whose blocks were all evicted is unmapped at once,
+  // whatever M_TRIM_THRESHOLD says, so the next puts fault in fresh memory again and the
+  // munmaps stall every thread of the process. With the main arena only, evicted blocks'
+  // memory is reused as is: 4 MiB UCX puts went from 1.25 / 2.82 GB/s (p99 26 / 113 ms)
+  // to 3.29 / 3.95 GB/s (p99 1.7 / 14 ms) at 1 / 8 clients with a full store on the
+  // 2-vCPU VM (docs/benchmarks/service.md). Small allocations keep their per-thread caches.
+  mallopt(M_ARENA_MAX, 1);
   absl::SetProgramUsageMessage("kvtier-server: the kvtier KV-cache tier server");
   absl::ParseCommandLine(argc, argv);
 
@@ -86,6 +98,7 @@ int main(int argc, char** argv) {
   o.limits.max_message_bytes = *msg;
   o.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
   o.ucx_session_ttl = absl::GetFlag(FLAGS_ucx_session_ttl);
+  o.ready_put_buffers = absl::GetFlag(FLAGS_ready_put_buffers);
   const absl::Duration drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
   o.drain_timeout = drain_timeout;
 
@@ -112,6 +125,7 @@ int main(int argc, char** argv) {
   dump("max_concurrent_streams", absl::StrCat(o.max_concurrent_streams));
   dump("drain_timeout", absl::FormatDuration(drain_timeout));
   dump("ucx_session_ttl", absl::FormatDuration(o.ucx_session_ttl));
+  dump("ready_put_buffers", absl::StrCat(o.ready_put_buffers));
 
   // Block the stop signals before any thread starts so that only sigwait sees them.
   sigset_t stop_signals;

@@ -4,7 +4,10 @@
 #include <sys/socket.h>
 #include <ucp/api/ucp.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <unordered_map>
 #include <utility>
@@ -44,6 +47,10 @@ class UcxConnection::Impl {
     absl::Status status;              // request-level result
     v1::UcxResponse response;         // the final response (Lookup, Put, Delete)
     std::vector<UcxGetBlock> blocks;  // Get
+    // Get: receive buffers the caller allocated (zeroed) while the request was in flight,
+    // of the size of the connection's last received block; used by the loop thread for a
+    // rendezvous block of exactly that size, so it need not zero one itself.
+    std::vector<std::vector<uint8_t>> prepared;
     std::vector<bool> have;
     size_t received = 0;
     int receiving = 0;  // rendezvous receives in progress
@@ -163,6 +170,28 @@ class UcxConnection::Impl {
 
   bool connected() const { return !broken_.load(); }
 
+  absl::StatusOr<std::string> EndpointInfo() {
+    absl::ReaderMutexLock lock(&close_mu_);
+    if (loop_ == nullptr || broken_.load()) {
+      return absl::UnavailableError("UCX connection is closed");
+    }
+    std::string out;
+    absl::Status s = loop_->Call([&]() -> absl::Status {
+      if (ep_ == nullptr) return absl::UnavailableError("UCX connection is closed");
+      char* text = nullptr;
+      size_t len = 0;
+      FILE* f = open_memstream(&text, &len);
+      if (f == nullptr) return absl::ResourceExhaustedError("open_memstream failed");
+      ucp_ep_print_info(ep_, f);
+      std::fclose(f);
+      out.assign(text, len);
+      std::free(text);
+      return absl::OkStatus();
+    });
+    if (!s.ok()) return s;
+    return out;
+  }
+
   // Runs a request: builds nothing, just ships p (request_bytes set) and waits.
   void Run(const std::shared_ptr<Pending>& p, absl::Duration timeout) {
     if (timeout < absl::ZeroDuration()) {
@@ -182,6 +211,8 @@ class UcxConnection::Impl {
   }
 
   uint64_t NextId() { return next_id_.fetch_add(1); }
+  size_t last_get_bytes() const { return last_get_bytes_.load(std::memory_order_relaxed); }
+  uint64_t prepared_receives() const { return prepared_receives_.load(); }
   const std::string& token() const { return token_; }
   const UcxConnectionOptions& options() const { return options_; }
 
@@ -336,7 +367,15 @@ class UcxConnection::Impl {
       p->received++;
       return UCS_OK;
     }
-    auto* ctx = new RecvCtx{this, p, i, std::vector<uint8_t>(length), g.header().tier()};
+    last_get_bytes_.store(length, std::memory_order_relaxed);
+    std::vector<uint8_t> buf;
+    if (i < p->prepared.size() && p->prepared[i].size() == length) {
+      buf = std::move(p->prepared[i]);
+      prepared_receives_.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      buf.resize(length);
+    }
+    auto* ctx = new RecvCtx{this, p, i, std::move(buf), g.header().tier()};
     ucp_request_param_t rp{};
     rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     rp.cb.recv_am = &Impl::OnRecvDone;
@@ -467,6 +506,8 @@ class UcxConnection::Impl {
   const std::string token_;
   std::unique_ptr<ucx::UcxLoop> loop_;  // set by Connect, reset by Close
   absl::Mutex close_mu_;
+  std::atomic<size_t> last_get_bytes_{0};  // size of the last rendezvous Get block received
+  std::atomic<uint64_t> prepared_receives_{0};
 
   std::atomic<uint64_t> next_id_{1};
   std::atomic<bool> broken_{false};
@@ -487,6 +528,10 @@ UcxConnection::~UcxConnection() { Close(); }
 void UcxConnection::Close() { impl_->Close(); }
 
 bool UcxConnection::connected() const { return impl_->connected(); }
+
+absl::StatusOr<std::string> UcxConnection::EndpointInfo() const { return impl_->EndpointInfo(); }
+
+uint64_t UcxConnection::PreparedReceivesForTesting() const { return impl_->prepared_receives(); }
 
 absl::StatusOr<std::unique_ptr<UcxConnection>> UcxConnection::Connect(
     const std::string& host, uint16_t port, std::string session_token, absl::Duration timeout,
@@ -575,6 +620,16 @@ absl::StatusOr<std::vector<UcxGetBlock>> UcxConnection::Get(
   p->kind = Kind::kGet;
   p->blocks.resize(chain.size());
   p->have.assign(chain.size(), false);
+  // Zero receive buffers here, overlapping the request's round trip, instead of on the loop
+  // thread when the data arrives (at most 4 blocks, 64 MiB, of the last size received).
+  constexpr size_t kMaxPrepared = 4;
+  constexpr size_t kMaxPreparedBytes = size_t{64} << 20;
+  const size_t hint = impl_->last_get_bytes();
+  if (hint > 0) {
+    const size_t n = std::min({chain.size(), kMaxPrepared, kMaxPreparedBytes / hint});
+    p->prepared.resize(n);
+    for (std::vector<uint8_t>& b : p->prepared) b.resize(hint);
+  }
   v1::UcxRequest r;
   r.set_session_token(impl_->token());
   r.set_request_id(p->id);

@@ -115,9 +115,18 @@ class UcxConnection {
   // False once the endpoint failed or Close was called.
   bool connected() const;
 
+  // UCX's description of the endpoint (ucp_ep_print_info): its lanes and the transport
+  // of each, e.g. "cma/memory ... rma_bw#0" when rendezvous payloads move by CMA. For
+  // logs, tests and benchmarks. kUnavailable once closed. Any thread.
+  absl::StatusOr<std::string> EndpointInfo() const;
+
   // Closes the endpoint (requests in flight get kUnavailable) and ends the loop thread.
   // Idempotent.
   void Close();
+
+  // Tests only: Get blocks received into a buffer the calling thread zeroed ahead (a Get
+  // prepares up to 4 of the last received block size, at most 64 MiB in all).
+  uint64_t PreparedReceivesForTesting() const;
 
   // Tests only: sends `header` verbatim as a request AM (with `data` as its AM data, which
   // must stay valid until the call returns) and collects every response whose request_id

@@ -2,15 +2,50 @@
 
 #include <poll.h>
 #include <pthread.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/ucx/ucx_status.h"
 
 namespace kvtier::ucx {
+
+namespace {
+
+bool ProbeCrossMemoryAttach() {
+  if (FILE* f = std::fopen("/proc/sys/kernel/yama/ptrace_scope", "r")) {
+    int scope = 0;
+    const bool read = std::fscanf(f, "%d", &scope) == 1;
+    std::fclose(f);
+    if (!read || scope > 0) return false;
+  }
+  uint64_t source = 0x6b76746965720001ull;  // "kvtier" + 1
+  uint64_t target = 0;
+  iovec local{&target, sizeof(target)};
+  iovec remote{&source, sizeof(source)};
+  const ssize_t n = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+  return n == static_cast<ssize_t>(sizeof(target)) && target == source;
+}
+
+}  // namespace
+
+bool CrossMemoryAttachPermitted() {
+  static const bool permitted = ProbeCrossMemoryAttach();
+  return permitted;
+}
+
+std::vector<UcxLoopOptions::Setting> UcxLoopOptions::DefaultUcxSettings() {
+  if (!CrossMemoryAttachPermitted()) return {};
+  return {{"MEMORY_INVALIDATE", "UCX_CMA_MEMORY_INVALIDATE", "y"}};
+}
 
 UcxLoop::UcxLoop(const UcxLoopOptions& options, IterationHook on_iteration)
     : options_(options), on_iteration_(std::move(on_iteration)) {}
@@ -35,6 +70,15 @@ UcxLoop::~UcxLoop() { Stop(); }
 absl::Status UcxLoop::Init() {
   ucp_config_t* config = nullptr;
   KVTIER_UCX_RETURN_IF_ERROR(ucp_config_read(nullptr, nullptr, &config), "ucp_config_read");
+  for (const UcxLoopOptions::Setting& d : options_.ucx_defaults) {
+    const bool overridden =
+        std::getenv(d.env.c_str()) != nullptr ||
+        std::any_of(options_.ucx_config.begin(), options_.ucx_config.end(), [&d](const auto& kv) {
+          return kv.first == d.name || "UCX_" + kv.first == d.env;
+        });
+    // Best effort: a setting this UCX version does not know is skipped.
+    if (!overridden) (void)ucp_config_modify(config, d.name.c_str(), d.value.c_str());
+  }
   for (const auto& [name, value] : options_.ucx_config) {
     ucs_status_t s = ucp_config_modify(config, name.c_str(), value.c_str());
     if (s != UCS_OK) {
@@ -124,10 +168,15 @@ void UcxLoop::Main(absl::Status* init_status, absl::Notification* init_done) {
 }
 
 bool UcxLoop::RunTasks() {
+  // The loop calls this on every spin while busy-polling: skip the mutex when nothing was
+  // posted, so that a poster holding it (Wake's ucp_worker_signal is a syscall) does not
+  // make the loop thread spin on the lock.
+  if (!has_tasks_.load(std::memory_order_acquire)) return false;
   std::deque<absl::AnyInvocable<void()>> tasks;
   {
     absl::MutexLock lock(&mu_);
     tasks.swap(tasks_);
+    has_tasks_.store(false, std::memory_order_relaxed);
   }
   for (auto& task : tasks) task();
   return !tasks.empty();
@@ -139,6 +188,7 @@ bool UcxLoop::Post(absl::AnyInvocable<void()> task) {
   absl::MutexLock lock(&mu_);
   if (!accepting_) return false;
   tasks_.push_back(std::move(task));
+  has_tasks_.store(true, std::memory_order_release);
   ucp_worker_signal(worker_);
   return true;
 }
@@ -162,6 +212,7 @@ absl::Status UcxLoop::Call(absl::AnyInvocable<absl::Status()> fn) {
         result = fn();
         done->Notify();
       });
+      has_tasks_.store(true, std::memory_order_release);
       posted = true;
       ucp_worker_signal(worker_);
     }

@@ -53,13 +53,42 @@ struct UcxLoopOptions {
   // (name without the UCX_ prefix, value), e.g. {{"TLS", "tcp,self"}}. Fixed at Start.
   // Default: none (the environment and UCX's defaults decide).
   std::vector<std::pair<std::string, std::string>> ucx_config;
+  // UCX settings kvtier prefers over UCX's own defaults. Each applies only when the
+  // environment does not set its variable and `ucx_config` does not name it; one this UCX
+  // version does not know is skipped (UCX logs a warning). Fixed at Start.
+  // Default: DefaultUcxSettings().
+  struct Setting {
+    std::string name;  // as ucp_config_modify takes it, e.g. "MEMORY_INVALIDATE"
+    std::string env;   // the variable that overrides it, e.g. "UCX_CMA_MEMORY_INVALIDATE"
+    std::string value;
+  };
+  std::vector<Setting> ucx_defaults = DefaultUcxSettings();
   // How long the loop keeps polling the worker after its last activity before it sleeps
   // on the event fd. Longer buys latency with CPU. Default: 50 us.
   absl::Duration busy_poll = absl::Microseconds(50);
   // Longest sleep between two runs of the iteration hook (bounds timer latency of the
   // owner, e.g. deadline checks). Default: 5 ms.
   absl::Duration max_sleep = absl::Milliseconds(5);
+
+  // {"MEMORY_INVALIDATE", "UCX_CMA_MEMORY_INVALIDATE", "y"} where
+  // CrossMemoryAttachPermitted(), else nothing. Every kvtier endpoint asks for
+  // peer-failure error handling, and with it UCX 1.13 takes rendezvous (RMA) lanes only
+  // from memory domains that report memory invalidation; CMA does not by default, so two
+  // processes on one host moved every rendezvous payload over TCP loopback (copied through
+  // the kernel's socket buffers) instead of one process_vm_readv. This setting makes CMA
+  // report it (UCX documents it as exactly that switch). Safe for kvtier: rendezvous of
+  // host memory uses the get scheme (the receiver reads the sender's buffer), every buffer
+  // stays allocated until its UCX operation completes, and both sides validate every
+  // payload (XXH3), so a read racing a closed endpoint can only yield a rejected block.
+  // See docs/ucx.md, "Environment".
+  static std::vector<Setting> DefaultUcxSettings();
 };
+
+// Whether this process may read another process's memory with process_vm_readv (UCX's CMA
+// transport): false where Yama restricts ptrace (/proc/sys/kernel/yama/ptrace_scope > 0)
+// or a seccomp profile forbids the call (probed once on the process itself). Where it is
+// false, UCX must not pick CMA for payloads: a transfer would fail at the first read.
+bool CrossMemoryAttachPermitted();
 
 class UcxLoop {
  public:
@@ -129,6 +158,8 @@ class UcxLoop {
 
   absl::Mutex mu_;
   std::deque<absl::AnyInvocable<void()>> tasks_ ABSL_GUARDED_BY(mu_);
+  // !tasks_.empty(), readable without mu_ (written under it).
+  std::atomic<bool> has_tasks_{false};
   bool accepting_ ABSL_GUARDED_BY(mu_) = true;
 };
 

@@ -2,7 +2,6 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <ucp/api/ucp.h>
 
@@ -21,6 +20,7 @@
 #include "common/status_macros.h"
 #include "common/ucx/ucx_status.h"
 #include "kvtier/v1/kvtier.pb.h"
+#include "service/put_buffers.h"
 
 namespace kvtier::service {
 namespace {
@@ -99,22 +99,6 @@ absl::StatusOr<sockaddr_storage> ParseAddress(const std::string& ip, uint16_t po
       absl::StrCat("listen_address \"", ip, "\" is not an IPv4 or IPv6 address"));
 }
 
-// A buffer for a received payload. The store keeps it, so it is fresh memory every time;
-// asking for transparent huge pages before it is first touched turns ~1000 page faults per
-// 4 MiB into a few (THP is usually in "madvise" mode; without THP this changes nothing).
-std::shared_ptr<std::vector<uint8_t>> NewPayloadBuffer(size_t n) {
-  auto buf = std::make_shared<std::vector<uint8_t>>();
-  buf->reserve(n);
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  if (n >= kHuge) {
-    uintptr_t begin = (reinterpret_cast<uintptr_t>(buf->data()) + kHuge - 1) & ~(kHuge - 1);
-    uintptr_t end = (reinterpret_cast<uintptr_t>(buf->data()) + n) & ~(kHuge - 1);
-    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-  }
-  buf->resize(n);
-  return buf;
-}
-
 const char* TierName(storage::Tier t) { return t == storage::Tier::kDisk ? "disk" : "memory"; }
 v1::Tier ToProto(storage::Tier t) {
   return t == storage::Tier::kDisk ? v1::TIER_DISK : v1::TIER_MEMORY;
@@ -186,7 +170,13 @@ class UcxDataPlane::Impl {
     if (options_.store_threads < 0) {
       return absl::InvalidArgumentError("store_threads must not be negative");
     }
+    if (options_.ready_put_buffers < 0) {
+      return absl::InvalidArgumentError("ready_put_buffers must not be negative");
+    }
     if (options_.store_threads > 0) pool_ = std::make_unique<StorePool>(options_.store_threads);
+    PutBuffers::Options bo;
+    bo.ready = options_.ready_put_buffers;
+    put_buffers_ = std::make_unique<PutBuffers>(bo);
     socklen_t addr_len = 0;
     KVTIER_ASSIGN_OR_RETURN(sockaddr_storage addr,
                             ParseAddress(options_.listen_address, options_.port, &addr_len));
@@ -284,6 +274,11 @@ class UcxDataPlane::Impl {
     st.requests = requests_.load();
     st.rendezvous_receives = rendezvous_receives_.load();
     st.rejected_before_receive = rejected_before_receive_.load();
+    if (put_buffers_ != nullptr) {
+      const PutBuffers::Stats b = put_buffers_->stats();
+      st.put_buffers_ready = b.taken_ready;
+      st.put_buffers_allocated = b.allocated;
+    }
     return st;
   }
 
@@ -401,9 +396,10 @@ class UcxDataPlane::Impl {
 
   void OnIteration() {
     std::deque<absl::AnyInvocable<void()>> completions;
-    {
+    if (has_completions_.load(std::memory_order_acquire)) {  // no lock on an idle spin
       absl::MutexLock lock(&completions_mu_);
       completions.swap(completions_);
+      has_completions_.store(false, std::memory_order_relaxed);
     }
     for (auto& c : completions) c();
     while (!deferred_.empty()) {
@@ -479,6 +475,7 @@ class UcxDataPlane::Impl {
         completions_.push_back([then = std::move(then), result = std::move(result)]() mutable {
           then(std::move(result));
         });
+        has_completions_.store(true, std::memory_order_release);
       }
       loop_->Wake();
     });
@@ -758,7 +755,7 @@ class UcxDataPlane::Impl {
     job.rndv_desc = nullptr;
     auto start = [this, req, key = std::move(key), desc, n]() mutable {
       inflight_put_bytes_ += n;
-      std::shared_ptr<std::vector<uint8_t>> buf = NewPayloadBuffer(n);
+      std::shared_ptr<std::vector<uint8_t>> buf = put_buffers_->Take(n);
       ReceiveRndv(*req->conn, desc, buf->data(), n,
                   [this, req, key = std::move(key), buf, n](absl::Status s) mutable {
                     if (s.ok()) {
@@ -880,10 +877,12 @@ class UcxDataPlane::Impl {
   };
   std::deque<WaitingPut> waiting_puts_;  // rendezvous puts waiting for budget
 
-  std::unique_ptr<StorePool> pool_;  // null: store calls run inline on the loop thread
+  std::unique_ptr<StorePool> pool_;          // null: store calls run inline on the loop thread
+  std::unique_ptr<PutBuffers> put_buffers_;  // set in Start, before the loop runs
   absl::Mutex completions_mu_;
   // Continuations of store calls finished on the pool, run by OnIteration.
   std::deque<absl::AnyInvocable<void()>> completions_ ABSL_GUARDED_BY(completions_mu_);
+  std::atomic<bool> has_completions_{false};  // !completions_.empty(); written under the mutex
 
   // Written on the loop thread, read anywhere.
   std::atomic<size_t> inflight_{0};

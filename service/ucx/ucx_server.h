@@ -89,6 +89,10 @@ struct UcxDataPlaneOptions {
   // slow disk tier never stalls network progress; 0 runs them inline on the loop thread.
   // Default: 4.
   int store_threads = 4;
+  // Buffers for rendezvous Put payloads that a background thread keeps ready (allocated
+  // and pre-faulted) for the size most puts have, so the loop thread does not take the page
+  // faults of fresh memory (service/put_buffers.h); 0 disables the thread. Default: 4.
+  int ready_put_buffers = 4;
   // Time Stop gives requests already received to finish before endpoints are closed.
   // Default: 20 s.
   absl::Duration drain_timeout = absl::Seconds(20);
@@ -110,6 +114,8 @@ struct UcxDataPlaneStats {
   uint64_t requests = 0;                 // request AMs received
   uint64_t rendezvous_receives = 0;      // request data pulled with ucp_am_recv_data_nbx
   uint64_t rejected_before_receive = 0;  // rendezvous data dropped because the header failed
+  uint64_t put_buffers_ready = 0;        // rendezvous puts received into a prepared buffer
+  uint64_t put_buffers_allocated = 0;    // rendezvous puts whose buffer was allocated then
 };
 
 // Thread-safe: see the file comment.

@@ -337,6 +337,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> transports = {"grpc", "ucx", "redis"};
   double seconds = 2;
   bool lookup = true;
+  std::vector<std::string> server_flags;  // extra kvtier-server flags (A/B experiments)
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](const char* name) -> std::string {
@@ -361,13 +362,15 @@ int main(int argc, char** argv) {
       transports = absl::StrSplit(value("transports"), ',');
     } else if (!value("seconds").empty()) {
       if (!absl::SimpleAtod(value("seconds"), &seconds)) return 2;
+    } else if (!value("server_flag").empty()) {
+      server_flags.push_back(value("server_flag"));  // e.g. --server_flag=--ready_put_buffers=0
     } else if (a == "--no_lookup") {
       lookup = false;
     } else {
       std::fprintf(stderr,
                    "usage: kvtier-service-bench [--sizes=256KiB,1MiB,4MiB,16MiB] "
                    "[--clients=1,8,64] [--transports=grpc,ucx,redis] [--seconds=2] "
-                   "[--no_lookup]\n");
+                   "[--no_lookup] [--server_flag=--flag=value ...]\n");
       return 2;
     }
   }
@@ -375,6 +378,7 @@ int main(int argc, char** argv) {
   // The same malloc setting as kvtier-server: multi-MiB buffers from the heap, not mmap.
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  mallopt(M_ARENA_MAX, 1);
   const absl::Duration dur = absl::Seconds(seconds);
   const std::string capacity = "3GiB";
 
@@ -382,6 +386,7 @@ int main(int argc, char** argv) {
   kt::ServerProcess::Options so;
   so.enable_ucx = true;
   so.memory_capacity = capacity;
+  so.extra_flags = server_flags;
   if (absl::Status s = server.Start(so); !s.ok()) {
     std::fprintf(stderr, "kvtier-server: %s\n", s.ToString().c_str());
     return 1;

@@ -7,13 +7,17 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "client/ucx/ucx_client.h"
 #include "gtest/gtest.h"
 #include "service/ucx/ucx_server.h"
@@ -195,6 +199,87 @@ TEST_P(UcxTransportTest, PutGetRoundTripOfLargePayloads) {
   for (const Payload& p : payloads) total += p->size();
   EXPECT_EQ(put_in, total + payloads[3]->size());
   EXPECT_EQ(get_out, total);
+}
+
+// Puts of one size are received into buffers prepared ahead (ready_put_buffers); with 0,
+// never. Either way every block round-trips exactly.
+TEST_P(UcxTransportTest, RepeatedPutSizeUsesPreparedBuffersUnlessDisabled) {
+  for (int ready : {4, 0}) {
+    SCOPED_TRACE(ready);
+    server_->Stop();
+    UcxDataPlaneOptions o;
+    o.ready_put_buffers = ready;
+    StartServer(o);
+    auto c = Connect();
+    ASSERT_NE(c, nullptr);
+    std::vector<Payload> sent;
+    std::vector<ChainHash> chain;
+    // At least 12 puts; with ready > 0, more (bounded) until one found a prepared buffer:
+    // the background thread needs time to prepare, and a miss only allocates.
+    for (int i = 0; i < 12 || (ready > 0 && i < 200 && server_->stats().put_buffers_ready == 0);
+         ++i) {
+      sent.push_back(ucx_test::PayloadOfAtLeast(500 + i, 1 << 20));
+      chain.push_back(H(500 + i));
+      auto r = c->Put(kNs, chain.back(), 0, sent.back()->data(), sent.back()->size());
+      ASSERT_TRUE(r.ok()) << r.status();
+      if (ready > 0 && i >= 1) absl::SleepFor(absl::Milliseconds(5));
+    }
+    auto got = c->Get(kNs, 0, chain);
+    ASSERT_TRUE(got.ok()) << got.status();
+    for (size_t i = 0; i < sent.size(); ++i) {
+      ASSERT_TRUE((*got)[i].payload.has_value()) << i;
+      EXPECT_EQ(*(*got)[i].payload, *sent[i]) << i;
+    }
+    if (ready > 0) {
+      EXPECT_GE(server_->stats().put_buffers_ready, 1u);
+    } else {
+      EXPECT_EQ(server_->stats().put_buffers_ready, 0u);
+    }
+  }
+}
+
+// A Get prepares receive buffers of the last received size; a block of another size is
+// received into a buffer of its own size. Bytes are exact either way.
+TEST_P(UcxTransportTest, GetReceivesIntoPreparedBuffersOfTheLastSize) {
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  Payload a = ucx_test::PayloadOfAtLeast(601, 1 << 20);
+  Payload b = ucx_test::PayloadOfAtLeast(602, 3 << 20);
+  ASSERT_NE(a->size(), b->size());
+  ASSERT_TRUE(c->Put(kNs, H(601), 0, a->data(), a->size()).ok());
+  ASSERT_TRUE(c->Put(kNs, H(602), 0, b->data(), b->size()).ok());
+  auto check = [&](const std::vector<ChainHash>& chain, const std::vector<Payload>& want) {
+    auto got = c->Get(kNs, 0, chain);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(got->size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i) {
+      ASSERT_TRUE((*got)[i].payload.has_value()) << i;
+      EXPECT_EQ(*(*got)[i].payload, *want[i]) << i;
+    }
+  };
+  check({H(601)}, {a});  // nothing received yet: no hint
+  EXPECT_EQ(c->PreparedReceivesForTesting(), 0u);
+  check({H(601)}, {a});  // hint = a's size
+  EXPECT_EQ(c->PreparedReceivesForTesting(), 1u);
+  check({H(602), H(601)}, {b, a});  // b does not match the hint; a does (index 1)
+  EXPECT_EQ(c->PreparedReceivesForTesting(), 2u);
+  check({H(602)}, {b});  // the last block received was a: no match for b
+  EXPECT_EQ(c->PreparedReceivesForTesting(), 2u);
+  check({H(602)}, {b});
+  EXPECT_EQ(c->PreparedReceivesForTesting(), 3u);
+}
+
+TEST_P(UcxTransportTest, NegativeReadyPutBuffersIsInvalidArgument) {
+  storage::TieredStoreOptions so;
+  so.memory_capacity_bytes = uint64_t{16} << 20;
+  auto store = storage::TieredStore::Open(so);
+  ASSERT_TRUE(store.ok());
+  UcxDataPlaneOptions o;
+  o.listen_address = "127.0.0.1";
+  o.ready_put_buffers = -1;
+  o.loop = ucx_test::LoopOptions("ucx-test-bad");
+  EXPECT_EQ(UcxDataPlane::Start(o, store->get(), {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST_P(UcxTransportTest, LookupCountsTheLeadingPrefixOnly) {
@@ -629,6 +714,88 @@ INSTANTIATE_TEST_SUITE_P(StoreThreads, UcxTransportTest, ::testing::Values(0, 4)
                            return info.param == 0 ? std::string("Inline")
                                                   : absl::StrCat("Pool", info.param);
                          });
+
+// Which lane carries rendezvous payloads between two processes' worth of UCX contexts on
+// one host (here: two loops of one process, which UCX treats the same way). `defaults`
+// replaces UcxLoopOptions::ucx_defaults on both sides (nullopt: keep kvtier's defaults).
+// Returns the client endpoint's description after a verified 4 MiB round trip.
+std::string LanesAfterRoundTrip(
+    const std::optional<std::vector<ucx::UcxLoopOptions::Setting>>& defaults) {
+  storage::TieredStoreOptions so;
+  so.memory_capacity_bytes = uint64_t{64} << 20;
+  auto store = storage::TieredStore::Open(so);
+  EXPECT_TRUE(store.ok()) << store.status();
+  if (!store.ok()) return "";
+  UcxDataPlaneOptions o;
+  o.listen_address = "127.0.0.1";
+  o.loop.ucx_config = {{"TLS", "tcp,cma"}};
+  if (defaults) o.loop.ucx_defaults = *defaults;
+  auto server = UcxDataPlane::Start(o, store->get(), {});
+  EXPECT_TRUE(server.ok()) << server.status();
+  if (!server.ok()) return "";
+  UcxConnectionOptions co;
+  co.loop.ucx_config = {{"TLS", "tcp,cma"}};
+  if (defaults) co.loop.ucx_defaults = *defaults;
+  auto c = UcxConnection::Connect("127.0.0.1", (*server)->port(), "t", absl::Seconds(10), co);
+  EXPECT_TRUE(c.ok()) << c.status();
+  if (!c.ok()) return "";
+  Payload p = ucx_test::PayloadOfAtLeast(7, 4 << 20);
+  auto put = (*c)->Put(kNs, H(1), 0, p->data(), p->size());
+  EXPECT_TRUE(put.ok()) << put.status();
+  auto got = (*c)->Get(kNs, 0, std::vector<ChainHash>{H(1)});
+  EXPECT_TRUE(got.ok()) << got.status();
+  if (got.ok()) {
+    EXPECT_TRUE((*got)[0].payload.has_value() && *(*got)[0].payload == *p);
+  }
+  EXPECT_EQ((*server)->stats().rendezvous_receives, 1u);
+  absl::StatusOr<std::string> info = (*c)->EndpointInfo();
+  EXPECT_TRUE(info.ok()) << info.status();
+  (*c)->Close();
+  EXPECT_EQ((*c)->EndpointInfo().status().code(), absl::StatusCode::kUnavailable);
+  (*server)->Stop();
+  return info.ok() ? *info : "";
+}
+
+bool HasCmaRendezvousLane(const std::string& info) {
+  for (absl::string_view line : absl::StrSplit(info, '\n')) {
+    if (absl::StrContains(line, "cma/") && absl::StrContains(line, "rma_bw")) return true;
+  }
+  return false;
+}
+
+// kvtier's default UCX settings make CMA carry rendezvous payloads on one host; without
+// them (UCX 1.13 and error-handling endpoints) the payloads go over TCP loopback.
+TEST(UcxLanesTest, DefaultsMovePayloadsByCmaOnOneHost) {
+  if (!ucx::CrossMemoryAttachPermitted()) {
+    GTEST_SKIP() << "process_vm_readv is not permitted here (Yama ptrace_scope or seccomp)";
+  }
+  ASSERT_FALSE(ucx::UcxLoopOptions::DefaultUcxSettings().empty());
+  const std::string with = LanesAfterRoundTrip(std::nullopt);
+  EXPECT_TRUE(HasCmaRendezvousLane(with)) << with;
+  const std::string without = LanesAfterRoundTrip(std::vector<ucx::UcxLoopOptions::Setting>{});
+  EXPECT_FALSE(HasCmaRendezvousLane(without)) << without;
+  EXPECT_TRUE(absl::StrContains(without, "tcp/")) << without;
+}
+
+// UCX_<name> in the environment wins over a kvtier default.
+TEST(UcxLanesTest, EnvironmentOverridesTheDefaults) {
+  if (!ucx::CrossMemoryAttachPermitted()) {
+    GTEST_SKIP() << "process_vm_readv is not permitted here (Yama ptrace_scope or seccomp)";
+  }
+  ASSERT_EQ(setenv("UCX_CMA_MEMORY_INVALIDATE", "n", 1), 0);
+  const std::string info = LanesAfterRoundTrip(std::nullopt);
+  unsetenv("UCX_CMA_MEMORY_INVALIDATE");
+  EXPECT_FALSE(HasCmaRendezvousLane(info)) << info;
+}
+
+// A default this UCX version does not know is skipped, not an error.
+TEST(UcxLanesTest, UnknownDefaultIsSkipped) {
+  ucx::UcxLoopOptions o;
+  o.ucx_config = {{"TLS", "tcp"}};
+  o.ucx_defaults = {{"NO_SUCH_KVTIER_SETTING", "UCX_NO_SUCH_KVTIER_SETTING", "1"}};
+  auto loop = ucx::UcxLoop::Start(o, nullptr);
+  EXPECT_TRUE(loop.ok()) << loop.status();
+}
 
 }  // namespace
 }  // namespace kvtier

@@ -269,6 +269,68 @@ TEST_P(UcxTransportTest, GetReceivesIntoPreparedBuffersOfTheLastSize) {
   EXPECT_EQ(c->PreparedReceivesForTesting(), 3u);
 }
 
+// inline_gets runs Get's store call on the loop thread even with store threads; hits,
+// misses and the bytes are the same as through the pool.
+TEST_P(UcxTransportTest, InlineGetsServeHitsAndMissesOnTheLoopThread) {
+  server_->Stop();
+  UcxDataPlaneOptions o;
+  o.inline_gets = true;
+  StartServer(o);
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  Payload a = ucx_test::PayloadOfAtLeast(611, 4 << 20);
+  ASSERT_TRUE(c->Put(kNs, H(611), 0, a->data(), a->size()).ok());
+  auto got = c->Get(kNs, 0, {H(611), H(612)});
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), 2u);
+  ASSERT_TRUE((*got)[0].payload.has_value());
+  EXPECT_EQ(*(*got)[0].payload, *a);
+  EXPECT_TRUE((*got)[1].status.ok());
+  EXPECT_FALSE((*got)[1].payload.has_value());
+  // With store_threads = 0 every call is inline anyway; the counter is for the pool case.
+  EXPECT_EQ(server_->stats().inline_gets, GetParam() > 0 ? 1u : 0u);
+}
+
+TEST_P(UcxTransportTest, GetsUseTheStoreThreadsByDefault) {
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  Payload a = ucx_test::PayloadOfAtLeast(613, 1 << 20);
+  ASSERT_TRUE(c->Put(kNs, H(613), 0, a->data(), a->size()).ok());
+  auto got = c->Get(kNs, 0, {H(613)});
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_TRUE((*got)[0].payload.has_value());
+  EXPECT_EQ(*(*got)[0].payload, *a);
+  EXPECT_EQ(server_->stats().inline_gets, 0u);
+}
+
+// spin_wait: a caller polls for its answer before sleeping; with 0 it always sleeps. The
+// answers are the same either way.
+TEST_P(UcxTransportTest, SpinWaitPollsOnlyWhenEnabled) {
+  Payload a = ucx_test::PayloadOfAtLeast(614, 1 << 20);
+  for (absl::Duration spin : {absl::ZeroDuration(), absl::Seconds(5)}) {
+    UcxConnectionOptions co;
+    co.loop = ucx_test::LoopOptions("ucx-test-cli");
+    co.spin_wait = spin;
+    auto c = UcxConnection::Connect("127.0.0.1", server_->port(), kWriter, absl::Seconds(10), co);
+    ASSERT_TRUE(c.ok()) << c.status();
+    ASSERT_TRUE((*c)->Put(kNs, H(614), 0, a->data(), a->size()).ok());
+    for (int i = 0; i < 3; ++i) {
+      auto got = (*c)->Get(kNs, 0, {H(614)});
+      ASSERT_TRUE(got.ok()) << got.status();
+      ASSERT_TRUE((*got)[0].payload.has_value());
+      EXPECT_EQ(*(*got)[0].payload, *a);
+    }
+    if (spin == absl::ZeroDuration()) {
+      EXPECT_EQ((*c)->SpunWaitsForTesting(), 0u);
+    } else {
+      // 4 calls (1 put, 3 gets), one thread: every answer arrives within the 5 s of
+      // polling (one that arrived before its caller began to wait is not counted).
+      EXPECT_GE((*c)->SpunWaitsForTesting(), 1u);
+      EXPECT_LE((*c)->SpunWaitsForTesting(), 4u);
+    }
+  }
+}
+
 TEST_P(UcxTransportTest, NegativeReadyPutBuffersIsInvalidArgument) {
   storage::TieredStoreOptions so;
   so.memory_capacity_bytes = uint64_t{16} << 20;

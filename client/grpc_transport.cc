@@ -99,6 +99,7 @@ absl::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const Tr
 namespace {
 
 namespace v1 = ::kvtier::v1;
+using internal::EvenChunkBytes;
 using internal::FromGrpc;
 using internal::PrepareContext;
 
@@ -128,17 +129,13 @@ class PutCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
     if (msgs_.empty()) {
       StartWritesDone();
     } else {
-      StartWrite(&msgs_[0]);
+      Write();
     }
     StartCall();
   }
   void OnWriteDone(bool ok) override {
     if (!ok) return;  // the call is failing; OnDone brings its status
-    if (++next_ < msgs_.size()) {
-      StartWrite(&msgs_[next_]);
-    } else {
-      StartWritesDone();
-    }
+    if (++next_ < msgs_.size()) Write();
   }
   void OnReadDone(bool ok) override { got_response_ = ok; }
   void OnDone(const grpc::Status& s) override {
@@ -156,6 +153,16 @@ class PutCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
   void DropMessages() { msgs_.clear(); }
 
  private:
+  // The last message carries the half-close (one write: the server sees the end of the
+  // stream with the last chunk instead of one write round later).
+  void Write() {
+    if (next_ + 1 < msgs_.size()) {
+      StartWrite(&msgs_[next_]);
+    } else {
+      StartWriteLast(&msgs_[next_], grpc::WriteOptions());
+    }
+  }
+
   std::vector<grpc::ByteBuffer> msgs_;
   size_t next_ = 0;
   grpc::ByteBuffer response_;
@@ -427,8 +434,9 @@ class GrpcTransport final : public Transport {
       h->set_payload_bytes(b.payload.size());
       grpc::Slice hs(header.SerializeAsString());
       msgs.emplace_back(&hs, 1);
-      for (size_t off = 0; off < b.payload.size(); off += kChunkBytes) {
-        const size_t n = std::min(kChunkBytes, b.payload.size() - off);
+      const size_t chunk = EvenChunkBytes(b.payload.size(), kChunkBytes);
+      for (size_t off = 0; off < b.payload.size(); off += chunk) {
+        const size_t n = std::min(chunk, b.payload.size() - off);
         std::string prefix;
         prefix.push_back(0x12);  // PutRequest.chunk: field 2, length-delimited
         AppendVarint(n, &prefix);

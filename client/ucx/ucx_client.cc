@@ -395,10 +395,12 @@ class UcxConnection::Impl {
     last_get_bytes_.store(length, std::memory_order_relaxed);
     std::vector<uint8_t> buf;
     if (p->prepared_state.load(std::memory_order_acquire) == 1) {
-      // The caller is zeroing a buffer for this (about 0.1 ms for 4 MiB): wait for it, up to
-      // a bound, instead of zeroing one here too.
-      const absl::Time until = absl::Now() + absl::Microseconds(500);
+      // The caller is zeroing a buffer for this (about 0.1 ms for 4 MiB): wait for it
+      // (yielding the CPU, which the caller may need) rather than zero one here too. The
+      // bound is only for a caller starved of CPU for that long.
+      const absl::Time until = absl::Now() + absl::Milliseconds(50);
       while (p->prepared_state.load(std::memory_order_acquire) == 1 && absl::Now() < until) {
+        sched_yield();
       }
     }
     {

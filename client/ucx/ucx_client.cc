@@ -225,8 +225,16 @@ class UcxConnection::Impl {
     static std::atomic<int> spinners{0};
     if (options_.spin_wait > absl::ZeroDuration() && !p.done.HasBeenNotified()) {
       if (spinners.fetch_add(1, std::memory_order_acq_rel) == 0) {
-        const absl::Time until = absl::Now() + options_.spin_wait;
-        while (!p.done.HasBeenNotified() && absl::Now() < until) sched_yield();
+        // Gives up early once the thread was off the CPU for a while between two checks: the
+        // CPUs are contended, and polling would take time from the threads doing the work.
+        absl::Time now = absl::Now();
+        const absl::Time until = now + options_.spin_wait;
+        while (!p.done.HasBeenNotified() && now < until) {
+          sched_yield();
+          const absl::Time before = now;
+          now = absl::Now();
+          if (now - before > absl::Microseconds(100)) break;
+        }
         if (p.done.HasBeenNotified()) spun_waits_.fetch_add(1, std::memory_order_relaxed);
       }
       spinners.fetch_sub(1, std::memory_order_acq_rel);

@@ -45,10 +45,12 @@ struct UcxConnectionOptions {
   // Deadline of a request whose call passes no timeout. Default: 10 s.
   absl::Duration request_timeout = absl::Seconds(10);
   // How long a caller waiting for its answer polls (yielding the CPU between checks)
-  // before it sleeps; only one caller per process polls at a time, others sleep at once.
-  // A sleeping caller's wake-up costs about 50 us on the 2-vCPU VM, a twentieth of a 4 MiB
-  // Get. Zero: always sleep. Default: 2 ms.
-  absl::Duration spin_wait = absl::Milliseconds(2);
+  // before it sleeps; only one caller per process polls at a time, others sleep at once,
+  // and a poller that finds itself descheduled stops. Saves a sleeping caller's wake-up
+  // (about 50 us on the 2-vCPU VM) on an idle machine, but on a machine whose CPUs are busy
+  // with other work it made 4 MiB Gets 3-4x slower (docs/benchmarks/service.md), so it is
+  // off by default. Zero: always sleep. Default: 0.
+  absl::Duration spin_wait = absl::ZeroDuration();
   // Largest Get payload accepted; a larger announced block is a kDataLoss block.
   // Default: 1 GiB (kernels::kMaxPayloadBytes).
   uint64_t max_payload_bytes = kernels::kMaxPayloadBytes;

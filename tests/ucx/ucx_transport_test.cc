@@ -314,7 +314,7 @@ TEST_P(UcxTransportTest, SpinWaitPollsOnlyWhenEnabled) {
     auto c = UcxConnection::Connect("127.0.0.1", server_->port(), kWriter, absl::Seconds(10), co);
     ASSERT_TRUE(c.ok()) << c.status();
     ASSERT_TRUE((*c)->Put(kNs, H(614), 0, a->data(), a->size()).ok());
-    for (int i = 0; i < 3; ++i) {
+    for (int i = 0; i < 20; ++i) {
       auto got = (*c)->Get(kNs, 0, {H(614)});
       ASSERT_TRUE(got.ok()) << got.status();
       ASSERT_TRUE((*got)[0].payload.has_value());
@@ -323,10 +323,11 @@ TEST_P(UcxTransportTest, SpinWaitPollsOnlyWhenEnabled) {
     if (spin == absl::ZeroDuration()) {
       EXPECT_EQ((*c)->SpunWaitsForTesting(), 0u);
     } else {
-      // 4 calls (1 put, 3 gets), one thread: every answer arrives within the 5 s of
-      // polling (one that arrived before its caller began to wait is not counted).
+      // 21 calls (1 put, 20 gets), one thread. A caller stops polling once it was
+      // descheduled (a loaded machine) and an answer that came before its caller began to
+      // wait is not counted, but on 20 gets at least one answer arrives while polling.
       EXPECT_GE((*c)->SpunWaitsForTesting(), 1u);
-      EXPECT_LE((*c)->SpunWaitsForTesting(), 4u);
+      EXPECT_LE((*c)->SpunWaitsForTesting(), 21u);
     }
   }
 }

@@ -218,34 +218,12 @@ class UcxConnection::Impl {
     return true;
   }
 
-  // Waits for p's answer: polls for up to options_.spin_wait first when no other caller of
-  // this process is polling (so a short request does not pay a sleeping thread's wake-up,
-  // and at most one thread per process spins), then blocks.
-  void Wait(Pending& p) {
-    static std::atomic<int> spinners{0};
-    if (options_.spin_wait > absl::ZeroDuration() && !p.done.HasBeenNotified()) {
-      if (spinners.fetch_add(1, std::memory_order_acq_rel) == 0) {
-        // Gives up early once the thread was off the CPU for a while between two checks: the
-        // CPUs are contended, and polling would take time from the threads doing the work.
-        absl::Time now = absl::Now();
-        const absl::Time until = now + options_.spin_wait;
-        while (!p.done.HasBeenNotified() && now < until) {
-          sched_yield();
-          const absl::Time before = now;
-          now = absl::Now();
-          if (now - before > absl::Microseconds(100)) break;
-        }
-        if (p.done.HasBeenNotified()) spun_waits_.fetch_add(1, std::memory_order_relaxed);
-      }
-      spinners.fetch_sub(1, std::memory_order_acq_rel);
-    }
-    p.done.WaitForNotification();
-  }
+  // Waits for p's answer.
+  void Wait(Pending& p) { p.done.WaitForNotification(); }
 
   uint64_t NextId() { return next_id_.fetch_add(1); }
   size_t last_get_bytes() const { return last_get_bytes_.load(std::memory_order_relaxed); }
   uint64_t prepared_receives() const { return prepared_receives_.load(); }
-  uint64_t spun_waits() const { return spun_waits_.load(); }
   const std::string& token() const { return token_; }
   const UcxConnectionOptions& options() const { return options_; }
 
@@ -552,7 +530,6 @@ class UcxConnection::Impl {
   absl::Mutex close_mu_;
   std::atomic<size_t> last_get_bytes_{0};  // size of the last rendezvous Get block received
   std::atomic<uint64_t> prepared_receives_{0};
-  std::atomic<uint64_t> spun_waits_{0};  // calls whose answer came while their caller polled
 
   std::atomic<uint64_t> next_id_{1};
   std::atomic<bool> broken_{false};
@@ -577,8 +554,6 @@ bool UcxConnection::connected() const { return impl_->connected(); }
 absl::StatusOr<std::string> UcxConnection::EndpointInfo() const { return impl_->EndpointInfo(); }
 
 uint64_t UcxConnection::PreparedReceivesForTesting() const { return impl_->prepared_receives(); }
-
-uint64_t UcxConnection::SpunWaitsForTesting() const { return impl_->spun_waits(); }
 
 absl::StatusOr<std::unique_ptr<UcxConnection>> UcxConnection::Connect(
     const std::string& host, uint16_t port, std::string session_token, absl::Duration timeout,

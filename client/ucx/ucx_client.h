@@ -44,13 +44,6 @@ namespace kvtier::client {
 struct UcxConnectionOptions {
   // Deadline of a request whose call passes no timeout. Default: 10 s.
   absl::Duration request_timeout = absl::Seconds(10);
-  // How long a caller waiting for its answer polls (yielding the CPU between checks)
-  // before it sleeps; only one caller per process polls at a time, others sleep at once,
-  // and a poller that finds itself descheduled stops. Saves a sleeping caller's wake-up
-  // (about 50 us on the 2-vCPU VM) on an idle machine, but on a machine whose CPUs are busy
-  // with other work it made 4 MiB Gets 3-4x slower (docs/benchmarks/service.md), so it is
-  // off by default. Zero: always sleep. Default: 0.
-  absl::Duration spin_wait = absl::ZeroDuration();
   // Largest Get payload accepted; a larger announced block is a kDataLoss block.
   // Default: 1 GiB (kernels::kMaxPayloadBytes).
   uint64_t max_payload_bytes = kernels::kMaxPayloadBytes;
@@ -134,9 +127,6 @@ class UcxConnection {
   // Tests only: Get blocks received into a buffer the calling thread zeroed ahead (a Get
   // prepares up to 4 of the last received block size, at most 64 MiB in all).
   uint64_t PreparedReceivesForTesting() const;
-
-  // Tests only: calls whose answer arrived while their caller was polling (spin_wait).
-  uint64_t SpunWaitsForTesting() const;
 
   // Tests only: sends `header` verbatim as a request AM (with `data` as its AM data, which
   // must stay valid until the call returns) and collects every response whose request_id

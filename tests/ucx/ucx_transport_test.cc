@@ -303,35 +303,6 @@ TEST_P(UcxTransportTest, GetsUseTheStoreThreadsByDefault) {
   EXPECT_EQ(server_->stats().inline_gets, 0u);
 }
 
-// spin_wait: a caller polls for its answer before sleeping; with 0 it always sleeps. The
-// answers are the same either way.
-TEST_P(UcxTransportTest, SpinWaitPollsOnlyWhenEnabled) {
-  Payload a = ucx_test::PayloadOfAtLeast(614, 1 << 20);
-  for (absl::Duration spin : {absl::ZeroDuration(), absl::Seconds(5)}) {
-    UcxConnectionOptions co;
-    co.loop = ucx_test::LoopOptions("ucx-test-cli");
-    co.spin_wait = spin;
-    auto c = UcxConnection::Connect("127.0.0.1", server_->port(), kWriter, absl::Seconds(10), co);
-    ASSERT_TRUE(c.ok()) << c.status();
-    ASSERT_TRUE((*c)->Put(kNs, H(614), 0, a->data(), a->size()).ok());
-    for (int i = 0; i < 20; ++i) {
-      auto got = (*c)->Get(kNs, 0, {H(614)});
-      ASSERT_TRUE(got.ok()) << got.status();
-      ASSERT_TRUE((*got)[0].payload.has_value());
-      EXPECT_EQ(*(*got)[0].payload, *a);
-    }
-    if (spin == absl::ZeroDuration()) {
-      EXPECT_EQ((*c)->SpunWaitsForTesting(), 0u);
-    } else {
-      // 21 calls (1 put, 20 gets), one thread. A caller stops polling once it was
-      // descheduled (a loaded machine) and an answer that came before its caller began to
-      // wait is not counted, but on 20 gets at least one answer arrives while polling.
-      EXPECT_GE((*c)->SpunWaitsForTesting(), 1u);
-      EXPECT_LE((*c)->SpunWaitsForTesting(), 21u);
-    }
-  }
-}
-
 TEST_P(UcxTransportTest, NegativeReadyPutBuffersIsInvalidArgument) {
   storage::TieredStoreOptions so;
   so.memory_capacity_bytes = uint64_t{16} << 20;

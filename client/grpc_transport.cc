@@ -1,6 +1,7 @@
 // gRPC implementation of client::Transport.
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+#include <xxhash.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -11,6 +12,7 @@
 #include "absl/synchronization/mutex.h"
 #include "client/transport.h"
 #include "client/transport_internal.h"
+#include "kernels/payload.h"
 #include "kvtier/v1/kvtier.grpc.pb.h"
 #include "proto/kvtier/v1/wire.h"
 
@@ -99,6 +101,7 @@ absl::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const Tr
 namespace {
 
 namespace v1 = ::kvtier::v1;
+using internal::EvenChunkBytes;
 using internal::FromGrpc;
 using internal::PrepareContext;
 
@@ -128,17 +131,13 @@ class PutCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
     if (msgs_.empty()) {
       StartWritesDone();
     } else {
-      StartWrite(&msgs_[0]);
+      Write();
     }
     StartCall();
   }
   void OnWriteDone(bool ok) override {
     if (!ok) return;  // the call is failing; OnDone brings its status
-    if (++next_ < msgs_.size()) {
-      StartWrite(&msgs_[next_]);
-    } else {
-      StartWritesDone();
-    }
+    if (++next_ < msgs_.size()) Write();
   }
   void OnReadDone(bool ok) override { got_response_ = ok; }
   void OnDone(const grpc::Status& s) override {
@@ -156,6 +155,16 @@ class PutCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
   void DropMessages() { msgs_.clear(); }
 
  private:
+  // The last message carries the half-close (one write: the server sees the end of the
+  // stream with the last chunk instead of one write round later).
+  void Write() {
+    if (next_ + 1 < msgs_.size()) {
+      StartWrite(&msgs_[next_]);
+    } else {
+      StartWriteLast(&msgs_[next_], grpc::WriteOptions());
+    }
+  }
+
   std::vector<grpc::ByteBuffer> msgs_;
   size_t next_ = 0;
   grpc::ByteBuffer response_;
@@ -168,12 +177,23 @@ class PutCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
 using v1::wire::ReadVarint;
 
 // One Get stream as a generic call: sends the request, then assembles the blocks from the
-// response messages as they arrive (on gRPC's callback threads).
+// response messages as they arrive (on gRPC's callback threads), and validates each block
+// as it arrives: the body checksum (XXH3-64) is computed chunk by chunk, on bytes just
+// copied, while the next chunk is on the way; at the block's last byte the header is
+// parsed (kernels::ParseHeader) and the checksum compared, which is exactly
+// kernels::ValidatePayload. A block that fails is a DATA_LOSS non-hit without bytes.
 class GetCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   GetCall(grpc::ClientContext* ctx, const grpc::ByteBuffer* request, size_t n,
           const std::string& endpoint)
-      : ctx_(ctx), request_(request), results_(n), endpoint_(endpoint) {}
+      : ctx_(ctx),
+        request_(request),
+        results_(n),
+        endpoint_(endpoint),
+        body_hash_(XXH3_createState()) {}
+  ~GetCall() override { XXH3_freeState(body_hash_); }
+  GetCall(const GetCall&) = delete;
+  GetCall& operator=(const GetCall&) = delete;
   void Begin() {
     StartWrite(request_);
     StartWritesDone();
@@ -256,6 +276,10 @@ class GetCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
         r.payload.clear();
         r.payload.reserve(expected_);
         in_block_ = true;
+        if (body_hash_ == nullptr || XXH3_64bits_reset(body_hash_) != XXH_OK) {
+          return absl::ResourceExhaustedError("cannot allocate a checksum state");
+        }
+        hashed_ = kernels::kPayloadHeaderBytes;
         return absl::OkStatus();
       case v1::GetResponse::kChunk: {
         grpc::Slice one(m.chunk());
@@ -288,8 +312,25 @@ class GetCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
       n -= take;
       offset = 0;
     }
+    if (r.payload.size() > hashed_) {  // the body bytes of this chunk, while in cache
+      XXH3_64bits_update(body_hash_, r.payload.data() + hashed_, r.payload.size() - hashed_);
+      hashed_ = r.payload.size();
+    }
     if (r.payload.size() == expected_) {
-      r.hit = true;
+      absl::StatusOr<kernels::PayloadHeader> h = kernels::ParseHeader(r.payload);
+      absl::Status valid = !h.ok() ? h.status()
+                           : XXH3_64bits_digest(body_hash_) != h->body_xxh3
+                               ? absl::DataLossError("block payload checksum mismatch")
+                               : absl::OkStatus();
+      if (valid.ok()) {
+        r.hit = true;
+      } else {
+        r.hit = false;
+        r.payload.clear();
+        r.payload.shrink_to_fit();
+        r.status = absl::DataLossError(
+            absl::StrCat("received block failed validation: ", valid.message()));
+      }
       in_block_ = false;
       ++next_;
     }
@@ -304,6 +345,8 @@ class GetCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
   size_t next_ = 0;
   bool in_block_ = false;
   uint64_t expected_ = 0;
+  XXH3_state_t* const body_hash_;  // XXH3-64 of the current block's body, so far
+  size_t hashed_ = 0;              // payload bytes of the current block hashed so far
   absl::Status protocol_;
   absl::Mutex mu_;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
@@ -409,6 +452,9 @@ class GrpcTransport final : public Transport {
     return internal::HealthCheck(channel_, o_, deadline);
   }
 
+  // Get validates every block as it arrives (GetCall).
+  bool validates_payloads() const override { return true; }
+
  private:
   // One Put stream. Payload chunks are sent from the caller's buffers without a copy: each
   // chunk message is a 2-5 byte field prefix plus a slice borrowing the payload, and the
@@ -427,8 +473,9 @@ class GrpcTransport final : public Transport {
       h->set_payload_bytes(b.payload.size());
       grpc::Slice hs(header.SerializeAsString());
       msgs.emplace_back(&hs, 1);
-      for (size_t off = 0; off < b.payload.size(); off += kChunkBytes) {
-        const size_t n = std::min(kChunkBytes, b.payload.size() - off);
+      const size_t chunk = EvenChunkBytes(b.payload.size(), kChunkBytes);
+      for (size_t off = 0; off < b.payload.size(); off += chunk) {
+        const size_t n = std::min(chunk, b.payload.size() - off);
         std::string prefix;
         prefix.push_back(0x12);  // PutRequest.chunk: field 2, length-delimited
         AppendVarint(n, &prefix);

@@ -516,7 +516,7 @@ class GetReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   GetReactor(State* st, grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req)
       : st_(st), scope_(st, "Get") {
-    chunk_bytes_ = std::min<uint64_t>(kMaxChunkBytes, st_->limits.max_message_bytes > 4096
+    chunk_bytes_ = std::min<uint64_t>(kGetChunkBytes, st_->limits.max_message_bytes > 4096
                                                           ? st_->limits.max_message_bytes - 1024
                                                           : 3072);
     if (st_->streams.fetch_add(1) >= st_->max_streams) {
@@ -582,7 +582,7 @@ class GetReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
         }
         ++index_;
         msg_ = ToByteBuffer(m);
-        StartWrite(&msg_);
+        Write();
         return;
       }
       const storage::Lease& lease = *r;
@@ -601,7 +601,8 @@ class GetReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       }
       // GetResponse{index, chunk}: the field prefix, then the stored bytes themselves; the
       // slice keeps a reference to the payload until gRPC has sent it.
-      const size_t n = std::min<size_t>(chunk_bytes_, bytes.size() - offset_);
+      const size_t n =
+          std::min<size_t>(EvenChunkBytes(bytes.size(), chunk_bytes_), bytes.size() - offset_);
       std::string prefix;
       prefix.push_back(0x08);  // field 1 (index), varint
       AppendVarint(index_, &prefix);
@@ -618,11 +619,23 @@ class GetReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
         r = storage::Lease{};  // the slice still holds the payload until it is sent
         ++index_;
       }
-      StartWrite(&msg_);
+      Write();
       return;
     }
     scope_.Done(absl::StatusCode::kOk);
     Finish(grpc::Status::OK);
+  }
+
+  // Writes msg_; the stream's last message goes out together with the OK status (one
+  // write: the trailers follow the data instead of waiting for the data's write to
+  // complete, which for a multi-MiB chunk is when the client has read most of it).
+  void Write() {
+    if (index_ < results_.size()) {
+      StartWrite(&msg_);
+      return;
+    }
+    scope_.Done(absl::StatusCode::kOk);
+    StartWriteAndFinish(&msg_, grpc::WriteOptions(), grpc::Status::OK);
   }
 
   void Fail(const absl::Status& s) {
@@ -979,6 +992,8 @@ class ServerImpl final : public Server {
     uo.port = static_cast<uint16_t>(o.ucx_port);
     uo.max_chain_length = o.limits.max_chain_length;
     uo.ready_put_buffers = o.ready_put_buffers;
+    // RAM only: a Get is a memory lookup, cheaper than the hand-off to a store thread.
+    uo.inline_gets = o.store.disk_path.empty();
     uo.drain_timeout = o.drain_timeout;
     UcxHooks hooks;
     hooks.authorize = [this](absl::string_view token, absl::string_view ns, bool write) {

@@ -54,5 +54,23 @@ TEST(ValidationTest, Quotas) {
   EXPECT_EQ(ParseQuotas("=5GiB").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(EvenChunkBytesTest, FewestChunksOfEqualSize) {
+  constexpr size_t kMiB = size_t{1} << 20;
+  EXPECT_EQ(EvenChunkBytes(100, 4 * kMiB), 100u);           // one chunk
+  EXPECT_EQ(EvenChunkBytes(4 * kMiB, 4 * kMiB), 4 * kMiB);  // exactly one
+  // 4 MiB + 960 bytes: two halves, not 4 MiB and 960 bytes.
+  EXPECT_EQ(EvenChunkBytes(4 * kMiB + 960, 4 * kMiB), 2 * kMiB + 480);
+  // 4,183,360 bytes in chunks of at most 1 MiB: 4 chunks of 1,045,840.
+  EXPECT_EQ(EvenChunkBytes(4183360, kMiB), 1045840u);
+  EXPECT_EQ(EvenChunkBytes(7, 2), 2u);  // 2 + 2 + 2 + 1
+  EXPECT_EQ(EvenChunkBytes(0, kMiB), 1u);
+  EXPECT_EQ(EvenChunkBytes(5, 0), 1u);
+  for (size_t n : {size_t{1}, size_t{4095}, 3 * kMiB + 1, 16 * kMiB + 7}) {
+    const size_t c = EvenChunkBytes(n, kMiB);
+    EXPECT_LE(c, kMiB) << n;
+    EXPECT_EQ((n + c - 1) / c, (n + kMiB - 1) / kMiB) << n;  // no more chunks than needed
+  }
+}
+
 }  // namespace
 }  // namespace kvtier::service

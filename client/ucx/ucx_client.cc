@@ -1,6 +1,7 @@
 #include "client/ucx/ucx_client.h"
 
 #include <netdb.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <ucp/api/ucp.h>
 
@@ -50,7 +51,11 @@ class UcxConnection::Impl {
     // Get: receive buffers the caller allocated (zeroed) while the request was in flight,
     // of the size of the connection's last received block; used by the loop thread for a
     // rendezvous block of exactly that size, so it need not zero one itself.
-    std::vector<std::vector<uint8_t>> prepared;
+    // 1 while the caller zeroes them (the loop thread then waits a little for them rather
+    // than zeroing a buffer of its own at the same time), 2 once they are in `prepared`.
+    std::atomic<int> prepared_state{0};
+    absl::Mutex prepared_mu;
+    std::vector<std::vector<uint8_t>> prepared ABSL_GUARDED_BY(prepared_mu);
     std::vector<bool> have;
     size_t received = 0;
     int receiving = 0;  // rendezvous receives in progress
@@ -194,21 +199,27 @@ class UcxConnection::Impl {
 
   // Runs a request: builds nothing, just ships p (request_bytes set) and waits.
   void Run(const std::shared_ptr<Pending>& p, absl::Duration timeout) {
+    if (Ship(p, timeout)) Wait(*p);
+  }
+
+  // Hands p to the loop thread. False (p->status set) when it was not sent.
+  bool Ship(const std::shared_ptr<Pending>& p, absl::Duration timeout) {
     if (timeout < absl::ZeroDuration()) {
       p->status = absl::DeadlineExceededError("UCX request deadline already passed");
-      return;
+      return false;
     }
     if (timeout == absl::ZeroDuration()) timeout = options_.request_timeout;
     p->deadline = absl::Now() + timeout;
-    {
-      absl::ReaderMutexLock lock(&close_mu_);
-      if (broken_.load() || loop_ == nullptr || !loop_->Post([this, p] { Start(p); })) {
-        p->status = absl::UnavailableError("UCX connection is closed");
-        return;
-      }
+    absl::ReaderMutexLock lock(&close_mu_);
+    if (broken_.load() || loop_ == nullptr || !loop_->Post([this, p] { Start(p); })) {
+      p->status = absl::UnavailableError("UCX connection is closed");
+      return false;
     }
-    p->done.WaitForNotification();
+    return true;
   }
+
+  // Waits for p's answer.
+  void Wait(Pending& p) { p.done.WaitForNotification(); }
 
   uint64_t NextId() { return next_id_.fetch_add(1); }
   size_t last_get_bytes() const { return last_get_bytes_.load(std::memory_order_relaxed); }
@@ -369,12 +380,23 @@ class UcxConnection::Impl {
     }
     last_get_bytes_.store(length, std::memory_order_relaxed);
     std::vector<uint8_t> buf;
-    if (i < p->prepared.size() && p->prepared[i].size() == length) {
-      buf = std::move(p->prepared[i]);
-      prepared_receives_.fetch_add(1, std::memory_order_relaxed);
-    } else {
-      buf.resize(length);
+    if (p->prepared_state.load(std::memory_order_acquire) == 1) {
+      // The caller is zeroing a buffer for this (about 0.1 ms for 4 MiB): wait for it
+      // (yielding the CPU, which the caller may need) rather than zero one here too. The
+      // bound is only for a caller starved of CPU for that long.
+      const absl::Time until = absl::Now() + absl::Milliseconds(50);
+      while (p->prepared_state.load(std::memory_order_acquire) == 1 && absl::Now() < until) {
+        sched_yield();
+      }
     }
+    {
+      absl::MutexLock lock(&p->prepared_mu);
+      if (i < p->prepared.size() && p->prepared[i].size() == length) {
+        buf = std::move(p->prepared[i]);
+        prepared_receives_.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+    if (buf.size() != length) buf.resize(length);  // none prepared (yet): zero one here
     auto* ctx = new RecvCtx{this, p, i, std::move(buf), g.header().tier()};
     ucp_request_param_t rp{};
     rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
@@ -620,16 +642,6 @@ absl::StatusOr<std::vector<UcxGetBlock>> UcxConnection::Get(
   p->kind = Kind::kGet;
   p->blocks.resize(chain.size());
   p->have.assign(chain.size(), false);
-  // Zero receive buffers here, overlapping the request's round trip, instead of on the loop
-  // thread when the data arrives (at most 4 blocks, 64 MiB, of the last size received).
-  constexpr size_t kMaxPrepared = 4;
-  constexpr size_t kMaxPreparedBytes = size_t{64} << 20;
-  const size_t hint = impl_->last_get_bytes();
-  if (hint > 0) {
-    const size_t n = std::min({chain.size(), kMaxPrepared, kMaxPreparedBytes / hint});
-    p->prepared.resize(n);
-    for (std::vector<uint8_t>& b : p->prepared) b.resize(hint);
-  }
   v1::UcxRequest r;
   r.set_session_token(impl_->token());
   r.set_request_id(p->id);
@@ -638,7 +650,26 @@ absl::StatusOr<std::vector<UcxGetBlock>> UcxConnection::Get(
   g->set_part(part);
   FillChain(g->mutable_chain_hashes(), chain);
   p->request_bytes = r.SerializeAsString();
-  impl_->Run(p, timeout);
+  const size_t hint = impl_->last_get_bytes();
+  if (hint > 0) p->prepared_state.store(1, std::memory_order_release);
+  if (impl_->Ship(p, timeout)) {
+    // While the request travels, zero receive buffers (at most 4 blocks, 64 MiB, of the
+    // last size received) and hand them to the loop thread, so that it need not zero one
+    // when the data arrives; a block that arrives first gets a buffer zeroed there.
+    constexpr size_t kMaxPrepared = 4;
+    constexpr size_t kMaxPreparedBytes = size_t{64} << 20;
+    if (hint > 0) {
+      std::vector<std::vector<uint8_t>> prepared(
+          std::min({chain.size(), kMaxPrepared, kMaxPreparedBytes / hint}));
+      for (std::vector<uint8_t>& b : prepared) b.resize(hint);
+      {
+        absl::MutexLock lock(&p->prepared_mu);
+        p->prepared = std::move(prepared);
+      }
+      p->prepared_state.store(2, std::memory_order_release);
+    }
+    impl_->Wait(*p);
+  }
   KVTIER_RETURN_IF_ERROR(p->status);
   return std::move(p->blocks);
 }

@@ -274,6 +274,7 @@ class UcxDataPlane::Impl {
     st.requests = requests_.load();
     st.rendezvous_receives = rendezvous_receives_.load();
     st.rejected_before_receive = rejected_before_receive_.load();
+    st.inline_gets = inline_gets_.load();
     if (put_buffers_ != nullptr) {
       const PutBuffers::Stats b = put_buffers_->stats();
       st.put_buffers_ready = b.taken_ready;
@@ -687,6 +688,11 @@ class UcxDataPlane::Impl {
     auto keys = Keys(r.namespace_(), r.part(), r.chain_hashes());
     if (!keys.ok()) return Fail(req, keys.status());
     using Leases = std::vector<absl::StatusOr<storage::Lease>>;
+    if (options_.inline_gets && pool_ != nullptr) {
+      inline_gets_.fetch_add(1, std::memory_order_relaxed);
+      SendBlocks(req, store_->Get(*keys));
+      return;
+    }
     Offload<Leases>([this, keys = std::move(*keys)] { return store_->Get(keys); },
                     [this, req](Leases got) { SendBlocks(req, got); });
   }
@@ -890,6 +896,7 @@ class UcxDataPlane::Impl {
   std::atomic<uint64_t> requests_{0};
   std::atomic<uint64_t> rendezvous_receives_{0};
   std::atomic<uint64_t> rejected_before_receive_{0};
+  std::atomic<uint64_t> inline_gets_{0};
 };
 
 UcxDataPlane::UcxDataPlane(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

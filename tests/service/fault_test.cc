@@ -8,6 +8,7 @@
 #include <map>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
@@ -227,6 +228,37 @@ TEST(FaultTest, StalledAndDroppedConnectionsSurfaceAsMissesOrUnavailable) {
   got = c2->Get(kNs, 0, b.chain);
   EXPECT_EQ(ExpectMissesOrExactBytes(got, b, 0), 3u);
   for (int i = 0; i < 3; ++i) EXPECT_TRUE(got[i].hit);
+}
+
+// A bit flipped inside a Get payload on the wire (TCP's checksum is per hop, the proxy
+// rewrites the stream): the gRPC client's validation on receipt turns the block into a
+// DATA_LOSS non-hit without bytes; the same block read without corruption is exact.
+TEST(FaultTest, PayloadCorruptedInTransitIsDataLossNeverWrongBytes) {
+  ServerProcess s;
+  ASSERT_TRUE(s.Start({}).ok());
+  TcpProxy proxy;
+  ASSERT_TRUE(proxy.Start(s.grpc_port()).ok());
+  const Blocks b = MakeBlocks(1, 4 << 20, 6);
+  {
+    auto c = Connect(proxy.endpoint(), absl::Seconds(10));
+    ASSERT_TRUE(c->Put(kNs, 0, b.Items(0, 1)).ok());
+  }
+  // A new connection whose server-to-client stream has one bit flipped 3 MB in: inside
+  // the payload's data (its gRPC/HTTP/2 framing is a few dozen bytes per MiB).
+  proxy.set_corrupt_offset(3000000);
+  {
+    auto c = Connect(proxy.endpoint(), absl::Seconds(10), /*attempts=*/1);
+    auto got = c->Get(kNs, 0, b.chain);
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_FALSE(got[0].hit);
+    EXPECT_TRUE(got[0].payload.empty());
+    EXPECT_EQ(got[0].status.code(), absl::StatusCode::kDataLoss) << got[0].status;
+    EXPECT_TRUE(absl::StrContains(got[0].status.message(), "checksum mismatch")) << got[0].status;
+  }
+  proxy.set_corrupt_offset(0);
+  auto c = Connect(proxy.endpoint(), absl::Seconds(10));
+  auto got = c->Get(kNs, 0, b.chain);
+  EXPECT_EQ(ExpectMissesOrExactBytes(got, b, 0), 1u);
 }
 
 TEST(FaultTest, PausedServerAndTinyDeadlinesAreMisses) {

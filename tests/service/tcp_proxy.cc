@@ -72,6 +72,8 @@ void TcpProxy::Pump(int client_fd) {
   setsockopt(server_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   setsockopt(client_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   std::vector<char> buf(1 << 16);
+  const uint64_t corrupt_at = corrupt_offset_;
+  uint64_t down = 0;  // server-to-client bytes forwarded so far
   while (!stop_) {
     const Mode m = mode_;
     if (m == Mode::kDrop) break;
@@ -90,6 +92,12 @@ void TcpProxy::Pump(int client_fd) {
       if (n <= 0) {
         closed = true;
         break;
+      }
+      if (i == 1) {
+        if (corrupt_at > 0 && corrupt_at >= down && corrupt_at < down + static_cast<uint64_t>(n)) {
+          buf[corrupt_at - down] ^= 0x01;
+        }
+        down += static_cast<uint64_t>(n);
       }
       for (ssize_t off = 0; off < n;) {
         const ssize_t w = write(to, buf.data() + off, static_cast<size_t>(n - off));

@@ -28,6 +28,9 @@ class TcpProxy {
   int port() const { return port_; }
   std::string endpoint() const { return "127.0.0.1:" + std::to_string(port_); }
   void set_mode(Mode m) { mode_ = m; }
+  // Flips the lowest bit of the byte at this offset of every later connection's
+  // server-to-client stream (0: none), e.g. inside a Get payload.
+  void set_corrupt_offset(uint64_t offset) { corrupt_offset_ = offset; }
 
  private:
   void AcceptLoop();
@@ -36,6 +39,7 @@ class TcpProxy {
   int listen_fd_ = -1;
   int port_ = 0;
   std::atomic<Mode> mode_{Mode::kForward};
+  std::atomic<uint64_t> corrupt_offset_{0};
   std::atomic<bool> stop_{false};
   std::thread acceptor_;
   absl::Mutex mu_;

@@ -269,6 +269,40 @@ TEST_P(UcxTransportTest, GetReceivesIntoPreparedBuffersOfTheLastSize) {
   EXPECT_EQ(c->PreparedReceivesForTesting(), 3u);
 }
 
+// inline_gets runs Get's store call on the loop thread even with store threads; hits,
+// misses and the bytes are the same as through the pool.
+TEST_P(UcxTransportTest, InlineGetsServeHitsAndMissesOnTheLoopThread) {
+  server_->Stop();
+  UcxDataPlaneOptions o;
+  o.inline_gets = true;
+  StartServer(o);
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  Payload a = ucx_test::PayloadOfAtLeast(611, 4 << 20);
+  ASSERT_TRUE(c->Put(kNs, H(611), 0, a->data(), a->size()).ok());
+  auto got = c->Get(kNs, 0, {H(611), H(612)});
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), 2u);
+  ASSERT_TRUE((*got)[0].payload.has_value());
+  EXPECT_EQ(*(*got)[0].payload, *a);
+  EXPECT_TRUE((*got)[1].status.ok());
+  EXPECT_FALSE((*got)[1].payload.has_value());
+  // With store_threads = 0 every call is inline anyway; the counter is for the pool case.
+  EXPECT_EQ(server_->stats().inline_gets, GetParam() > 0 ? 1u : 0u);
+}
+
+TEST_P(UcxTransportTest, GetsUseTheStoreThreadsByDefault) {
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  Payload a = ucx_test::PayloadOfAtLeast(613, 1 << 20);
+  ASSERT_TRUE(c->Put(kNs, H(613), 0, a->data(), a->size()).ok());
+  auto got = c->Get(kNs, 0, {H(613)});
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_TRUE((*got)[0].payload.has_value());
+  EXPECT_EQ(*(*got)[0].payload, *a);
+  EXPECT_EQ(server_->stats().inline_gets, 0u);
+}
+
 TEST_P(UcxTransportTest, NegativeReadyPutBuffersIsInvalidArgument) {
   storage::TieredStoreOptions so;
   so.memory_capacity_bytes = uint64_t{16} << 20;

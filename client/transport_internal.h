@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "client/transport.h"
+#include "proto/kvtier/v1/wire.h"
 
 namespace kvtier::client::internal {
 
@@ -21,17 +22,7 @@ void PrepareContext(grpc::ClientContext* ctx, const TransportOptions& o, absl::T
 absl::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const TransportOptions& o,
                          absl::Time deadline);
 
-// Chunk size for a payload of `n` bytes sent in messages of at most `max_chunk` bytes: the
-// payload split into the fewest chunks, of equal size (the last one up to `pieces - 1`
-// bytes shorter). A 4 MiB + 960 byte block is two chunks of about 2 MiB instead of 4 MiB
-// and 960 bytes: on a gRPC stream a message is written only once the previous one was, so
-// a tiny last chunk costs a whole extra hop after the big one, while two halves overlap
-// (the second is written as the first is read). Returns at least 1.
-inline size_t EvenChunkBytes(size_t n, size_t max_chunk) {
-  if (n == 0 || max_chunk == 0) return 1;
-  const size_t pieces = (n + max_chunk - 1) / max_chunk;
-  return (n + pieces - 1) / pieces;
-}
+using ::kvtier::v1::wire::EvenChunkBytes;
 
 }  // namespace kvtier::client::internal
 

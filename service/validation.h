@@ -21,6 +21,7 @@
 #include "absl/strings/string_view.h"
 #include "google/protobuf/repeated_ptr_field.h"
 #include "kernels/payload.h"
+#include "proto/kvtier/v1/wire.h"
 
 namespace kvtier::service {
 
@@ -32,16 +33,7 @@ inline constexpr size_t kMaxChunkBytes = size_t{4} << 20;
 // kMaxChunkBytes so that the client copies one chunk out of gRPC's buffers while the next
 // is still on the way (a 4 MiB Get at one client: 2.1 ms -> 1.5 ms on the 2-vCPU VM).
 inline constexpr size_t kGetChunkBytes = size_t{1} << 20;
-
-// Chunk size for sending a payload of `n` bytes in chunks of at most `max_chunk` bytes: the
-// fewest chunks, of equal size (the last up to `pieces - 1` bytes shorter), so a block a
-// little over 4 MiB is two halves instead of 4 MiB plus a tiny tail that costs a whole
-// extra write round after the big one. Returns at least 1.
-inline size_t EvenChunkBytes(size_t n, size_t max_chunk) {
-  if (n == 0 || max_chunk == 0) return 1;
-  const size_t pieces = (n + max_chunk - 1) / max_chunk;
-  return (n + pieces - 1) / pieces;
-}
+using ::kvtier::v1::wire::EvenChunkBytes;
 
 // Request limits of one server. Values come from the flags of the same names.
 struct Limits {

@@ -41,6 +41,17 @@ inline bool ReadVarint(const uint8_t* bytes, size_t end, size_t* pos, uint64_t* 
   return false;
 }
 
+// Chunk size for sending a payload of `n` bytes in chunks of at most `max_chunk` bytes
+// (Put and Get streams, client and server): the fewest chunks, of equal size (the last up
+// to `pieces - 1` bytes shorter), so a block a little over 4 MiB goes as two halves instead
+// of 4 MiB plus a tiny tail that costs a whole extra write round on a gRPC stream (a message
+// is written only once the previous one was). Returns at least 1.
+inline size_t EvenChunkBytes(size_t n, size_t max_chunk) {
+  if (n == 0 || max_chunk == 0) return 1;
+  const size_t pieces = (n + max_chunk - 1) / max_chunk;
+  return (n + pieces - 1) / pieces;
+}
+
 // Copies the first bytes of a message held as a list of slices (anything with begin() and
 // size(), e.g. the grpc::Slice list of a ByteBuffer) into out[0, n); returns how many were
 // copied (fewer than n when the message is shorter).

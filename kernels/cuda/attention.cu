@@ -38,20 +38,9 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kStages = 1;  // one record buffer per warp, K and V halves pipelined
 constexpr int kCtasPerSm = 3;
-// Unroll factors of the per-tile k-step and V loops (code size vs. scheduling freedom:
-// v6's fully unrolled loops were instruction-fetch bound; since v13's smaller loop bodies,
-// full unrolling measures 3% faster). Overridable for experiments.
-#ifndef KVTIER_ATTN_KS_UNROLL
-#define KVTIER_ATTN_KS_UNROLL 8
-#endif
-#ifndef KVTIER_ATTN_V_UNROLL
-#define KVTIER_ATTN_V_UNROLL 4
-#endif
-#ifndef KVTIER_ATTN_PF_REGS
-#define KVTIER_ATTN_PF_REGS 1
-#endif
-constexpr int kKsUnroll = KVTIER_ATTN_KS_UNROLL;
-constexpr int kVUnroll = KVTIER_ATTN_V_UNROLL;
+// The per-tile k-step and V loops are fully unrolled (v6's fully unrolled loops were
+// instruction-fetch bound; with v13's smaller bodies full unrolling measured 3% faster
+// than unrolling by 2 or 4, docs/kernels-notes.md), so the p' fragments stay in registers.
 constexpr uint32_t kMagic = 0x64006400u;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -150,11 +139,9 @@ struct AttnShape {
   static constexpr int kVChunks = G * D * VB / 128;
   static constexpr int kQPitch = D + 8;  // padded q_rot rows: conflict-free float2 reads
   static constexpr size_t kQBytes = 8 * kQPitch * sizeof(float);
-  // Per-warp scratch for the p' fragments of one tile ([MT][32 lanes][2] u32), so that
-  // the V product can run as a rolled loop (small code: the kernel was instruction-fetch
-  // bound when fully unrolled).
-  // (also the packed kernel's q' fragments of the K half: [kKs][32 lanes][2] u32)
-  static constexpr size_t kScratchBytes = kWarps * (kMt > kKs ? kMt : kKs) * 32 * 8;
+  // Per-warp scratch for the packed kernel's q' B fragments of one tile's K half
+  // ([kKs][32 lanes][2] u32).
+  static constexpr size_t kScratchBytes = kWarps * kKs * 32 * 8;
   // Per-warp (zp_V / s_row_V, zp_V where s_row_V = 0) per token of the current tile.
   static constexpr size_t kRzBytes = kWarps * G * sizeof(float2);
   static constexpr size_t kSmemBytes =
@@ -448,8 +435,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     for (int mt = 0; mt < MT; ++mt) s[mt][0] = s[mt][1] = s[mt][2] = s[mt][3] = 0.f;
     float bias = 0.f, qsum = 0.f;
     if constexpr (P) {
-      // q' hi/lo B fragments of every k-step into the warp's p' scratch (free during the K
-      // half), each (head, channel pair) once: lane (hd = lane >> 3, hh, tg) computes head
+      // q' hi/lo B fragments of every k-step into the warp's q' scratch before the K
+      // loop, each (head, channel pair) once: lane (hd = lane >> 3, hh, tg) computes head
       // hd's pair d = 16ks + 8hh + 2tg for the hi column's lane 8hd + tg and the lo
       // column's lane 8hd + 4 + tg. bias and qsum: partial sums of head hd.
       const int hd = lane >> 3, hh = (lane >> 2) & 1, tg = lane & 3;
@@ -473,7 +460,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
       }
       __syncwarp();
     }
-#pragma unroll kKsUnroll
+#pragma unroll
     for (int ks = 0; ks < KS; ++ks) {
       uint32_t bqh[2], bql[2];
       if constexpr (P) {
@@ -596,9 +583,7 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
     float psum[NC], zsum[NC];
 #pragma unroll
     for (int e = 0; e < NC; ++e) psum[e] = zsum[e] = 0.f;
-    // The V loop fully unrolled: the p' fragments stay in registers.
-    constexpr bool kPfRegs = KVTIER_ATTN_PF_REGS && kVUnroll >= MT / 2;
-    uint32_t pf[kPfRegs ? MT : 1][2];
+    uint32_t pf[MT][2];  // p' B fragments of the V loop (fully unrolled: registers)
 #pragma unroll
     for (int c = 0; c < G / 32; ++c) {
       const uint2 rs =
@@ -623,13 +608,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
           zsum[e] = fmaf(ph, w.z, zsum[e]);
           zsum[e] = fmaf(s[mt][NC + e], w.w, zsum[e]);
         }
-        if constexpr (kPfRegs) {
-          pf[mt][0] = MovTrans(lo);
-          pf[mt][1] = MovTrans(hi);
-        } else {
-          pscr[(mt * 32 + lane) * 2] = MovTrans(lo);
-          pscr[(mt * 32 + lane) * 2 + 1] = MovTrans(hi);
-        }
+        pf[mt][0] = MovTrans(lo);
+        pf[mt][1] = MovTrans(hi);
       }
     }
 #pragma unroll
@@ -645,13 +625,12 @@ __global__ void __launch_bounds__(kWarps * 32, kCtasPerSm) DecodeKernel(const At
 #pragma unroll
     for (int i = 0; i < MV; ++i) va[i][0] = va[i][1] = va[i][2] = va[i][3] = 0.f;
     const uint32_t v_s = rec_s + static_cast<uint32_t>(L.v_codes_offset);
-#pragma unroll kVUnroll
+#pragma unroll
     for (int c = 0; c < MT / 2; ++c) {
 #pragma unroll
       for (int ip = 0; ip < 2; ++ip) {
         const int mt = 2 * c + ip;
-        const uint2 bb = kPfRegs ? make_uint2(pf[mt][0], pf[mt][1])
-                                 : *reinterpret_cast<const uint2*>(&pscr[(mt * 32 + lane) * 2]);
+        const uint2 bb = make_uint2(pf[mt][0], pf[mt][1]);
 #pragma unroll
         for (int cp = 0; cp < S::kVRowChunks / 2; ++cp) {
           uint32_t y[4];

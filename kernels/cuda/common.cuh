@@ -80,24 +80,6 @@ __device__ __forceinline__ void FwhtRowsShared(float* x, int rows, int n, int pi
   }
 }
 
-// Orthonormal FWHT of `n` floats in shared memory, done by `nthreads` cooperating threads
-// (thread index `tid`); the caller synchronizes before and after. n is a power of two.
-__device__ __forceinline__ void FwhtShared(float* x, int n, int tid, int nthreads) {
-  for (int h = 1; h < n; h <<= 1) {
-    for (int i = tid; i < n / 2; i += nthreads) {
-      const int lo = (i / h) * 2 * h + (i % h);
-      const float a = x[lo];
-      const float b = x[lo + h];
-      x[lo] = a + b;
-      x[lo + h] = a - b;
-    }
-    __syncthreads();
-  }
-  const float s = 1.0f / sqrtf(static_cast<float>(n));
-  for (int i = tid; i < n; i += nthreads) x[i] *= s;
-  __syncthreads();
-}
-
 __device__ __forceinline__ float WarpSum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -1,7 +1,6 @@
 // gRPC implementation of client::Transport.
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
-#include <xxhash.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -13,6 +12,7 @@
 #include "client/transport.h"
 #include "client/transport_internal.h"
 #include "kernels/payload.h"
+#include "kernels/xxh3.h"
 #include "kvtier/v1/kvtier.grpc.pb.h"
 #include "proto/kvtier/v1/wire.h"
 

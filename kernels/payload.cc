@@ -1,12 +1,12 @@
 #include "kernels/payload.h"
 
 #include <openssl/evp.h>
-#include <xxhash.h>
 
 #include <cstring>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/xxh3.h"
 
 namespace kvtier::kernels {
 namespace {

@@ -17,6 +17,8 @@
 #include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "kernels/payload.h"
+#include "proto/kvtier/v1/wire.h"
 
 namespace kvtier::client {
 
@@ -123,11 +125,19 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
     endpoints.insert(endpoints.end(), r->begin(), r->end());
   }
   if (endpoints.empty()) return absl::InvalidArgumentError("no endpoints");
+  if (options.ucx_get_piece_bytes != 0 &&
+      (options.ucx_get_piece_bytes < v1::wire::kMinGetPieceBytes ||
+       options.ucx_get_piece_bytes > kernels::kMaxPayloadBytes)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ucx_get_piece_bytes is ", options.ucx_get_piece_bytes, "; expected 0 or ",
+                     v1::wire::kMinGetPieceBytes, "..", kernels::kMaxPayloadBytes));
+  }
   TransportOptions t;
   t.tls = options.tls;
   t.token = options.token;
   t.tls_server_name = options.tls_server_name;
   t.max_blocks_per_put = options.max_blocks_per_put;
+  t.ucx_get_piece_bytes = options.ucx_get_piece_bytes;
   if (options.tls) {
     absl::StatusOr<std::string> ca = ReadPem(options.tls_ca_file, "TLS CA");
     if (!ca.ok()) return ca.status();

@@ -67,6 +67,10 @@ struct ClientOptions {
   int async_threads = 4;
   // Blocks per Put stream (the servers' --max_blocks_per_put). Default: 256.
   int max_blocks_per_put = 256;
+  // UCX transport: Get hits larger than this arrive in pieces of this many bytes, and the
+  // calling thread checksums each piece while the next one moves. 0 (whole payloads) or
+  // 64 KiB..1 GiB, else Create returns kInvalidArgument. Default: 1 MiB.
+  uint64_t ucx_get_piece_bytes = uint64_t{1} << 20;
 };
 
 class Client {

@@ -9,6 +9,8 @@
 #include <map>
 #include <mutex>
 
+#include "absl/strings/match.h"
+
 namespace kvtier::client {
 namespace {
 
@@ -265,6 +267,21 @@ TEST(ClientCreateTest, DnsNameResolvesToEveryAddressAndBadInputIsRejected) {
   tls.tls = true;
   tls.tls_ca_file = "/nonexistent/ca.pem";
   EXPECT_EQ(Client::Create(tls).status().code(), absl::StatusCode::kInvalidArgument);
+  // UCX Get piece sizes: 0 or 64 KiB..1 GiB.
+  for (uint64_t piece : {uint64_t{0}, uint64_t{64} << 10, uint64_t{1} << 30}) {
+    ClientOptions ok;
+    ok.endpoints = {"127.0.0.1:1"};
+    ok.ucx_get_piece_bytes = piece;
+    EXPECT_TRUE(Client::Create(ok).ok()) << piece;
+  }
+  for (uint64_t piece : {uint64_t{1}, (uint64_t{64} << 10) - 1, (uint64_t{1} << 30) + 1}) {
+    ClientOptions bad;
+    bad.endpoints = {"127.0.0.1:1"};
+    bad.ucx_get_piece_bytes = piece;
+    auto r = Client::Create(bad);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << piece;
+    EXPECT_TRUE(absl::StrContains(r.status().message(), "ucx_get_piece_bytes")) << r.status();
+  }
 }
 
 TEST(ClientCreateTest, ChainHashesPassThroughToTheKernelsHelper) {

@@ -64,6 +64,9 @@ struct TransportOptions {
   int max_receive_message_bytes = 16 << 20;
   // Blocks per Put stream (the server's --max_blocks_per_put). Default: 256.
   int max_blocks_per_put = 256;
+  // UCX only: Get hits arrive in pieces of this many bytes, each checked while the next
+  // moves (UcxConnectionOptions::get_piece_bytes). 0 or 64 KiB..1 GiB. Default: 1 MiB.
+  uint64_t ucx_get_piece_bytes = uint64_t{1} << 20;
 };
 
 class Transport {

@@ -124,9 +124,11 @@ class UcxTransport final : public Transport {
     v1::OpenUcxSessionResponse session;
     grpc::Status s = stub_->OpenUcxSession(&ctx, v1::OpenUcxSessionRequest(), &session);
     if (!s.ok()) return internal::FromGrpc(s);
+    UcxConnectionOptions uo;
+    uo.get_piece_bytes = o_.ucx_get_piece_bytes;
     absl::StatusOr<std::unique_ptr<UcxConnection>> c = UcxConnection::Connect(
         HostOf(endpoint_), static_cast<uint16_t>(session.ucx_port()), session.session_token(),
-        std::max(deadline - absl::Now(), absl::Milliseconds(1)));
+        std::max(deadline - absl::Now(), absl::Milliseconds(1)), uo);
     if (!c.ok()) return c.status();
     conn_ = std::shared_ptr<UcxConnection>(std::move(*c));
     expires_ = absl::FromUnixMillis(static_cast<int64_t>(session.expires_unix_ms()));

@@ -17,6 +17,8 @@
 #include "absl/synchronization/notification.h"
 #include "common/status_macros.h"
 #include "common/ucx/ucx_status.h"
+#include "kernels/xxh3.h"
+#include "proto/kvtier/v1/wire.h"
 
 namespace kvtier::client {
 namespace {
@@ -34,8 +36,35 @@ class UcxConnection::Impl {
       : options_(options), token_(std::move(token)) {}
   ~Impl() { Close(); }
 
+  // One Get hit being received, possibly in pieces (UcxRequest.get_piece_bytes). Shared
+  // by the loop thread (which receives the pieces), their receive contexts (which keep
+  // `bytes` alive while UCX writes into it) and the calling thread, which checks the bytes
+  // of every piece as soon as it and all before it have arrived.
+  struct BlockRecv {
+    uint32_t index = 0;
+    uint64_t total = 0;  // announced payload_bytes
+    v1::Tier tier = v1::TIER_UNSPECIFIED;
+    std::vector<uint8_t> bytes;  // `total` bytes, allocated at the first piece
+
+    // Loop thread only.
+    struct Piece {
+      uint64_t offset = 0;
+      uint64_t length = 0;
+      bool done = false;
+    };
+    std::vector<Piece> pieces;  // in offset order
+    size_t contiguous = 0;      // pieces[0, contiguous) are done
+    uint64_t announced = 0;     // sum of the pieces' lengths: the next piece's offset
+    int outstanding = 0;        // pieces announced and not done
+    bool failed = false;        // the block's status is set; later pieces are dropped
+    bool counted = false;       // counted in Pending::received
+
+    // Written by the loop thread under Pending::mu: bytes [0, ready) have arrived.
+    uint64_t ready = 0;
+  };
+
   // A request in flight. Fields below `done` are touched on the loop thread only until
-  // `done` is notified; the caller reads them afterwards.
+  // `done` is notified; the caller reads them afterwards (Get: except what `mu` guards).
   struct Pending {
     uint64_t id = 0;
     Kind kind = Kind::kLookup;
@@ -45,9 +74,16 @@ class UcxConnection::Impl {
     size_t data_bytes = 0;
     absl::Notification done;
 
-    absl::Status status;              // request-level result
-    v1::UcxResponse response;         // the final response (Lookup, Put, Delete)
-    std::vector<UcxGetBlock> blocks;  // Get
+    // Get: hand-off of arrived bytes from the loop thread to the calling thread.
+    absl::Mutex mu;
+    bool finished ABSL_GUARDED_BY(mu) = false;                            // set with `done`
+    std::vector<std::shared_ptr<BlockRecv>> arrived ABSL_GUARDED_BY(mu);  // `ready` grew
+
+    absl::Status status;                           // request-level result
+    v1::UcxResponse response;                      // the final response (Lookup, Put, Delete)
+    std::vector<UcxGetBlock> blocks;               // Get
+    std::vector<std::shared_ptr<BlockRecv>> recv;  // Get: per block, set at its first piece
+    std::shared_ptr<BlockRecv> open;               // Get: the block whose pieces are arriving
     // Get: receive buffers the caller allocated (zeroed) while the request was in flight,
     // of the size of the connection's last received block; used by the loop thread for a
     // rendezvous block of exactly that size, so it need not zero one itself.
@@ -68,6 +104,12 @@ class UcxConnection::Impl {
 
   absl::Status Connect(const std::string& host, uint16_t port, absl::Duration timeout) {
     if (token_.empty()) return absl::InvalidArgumentError("empty UCX session token");
+    if (options_.get_piece_bytes != 0 && (options_.get_piece_bytes < v1::wire::kMinGetPieceBytes ||
+                                          options_.get_piece_bytes > kernels::kMaxPayloadBytes)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("get_piece_bytes is ", options_.get_piece_bytes, "; expected 0 or ",
+                       v1::wire::kMinGetPieceBytes, "..", kernels::kMaxPayloadBytes));
+    }
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
@@ -168,7 +210,7 @@ class UcxConnection::Impl {
       if (p->completed) continue;
       if (p->status.ok()) p->status = absl::UnavailableError("UCX connection closed");
       p->completed = true;
-      p->done.Notify();
+      Finish(*p);
     }
     pending_.clear();
   }
@@ -221,6 +263,50 @@ class UcxConnection::Impl {
   // Waits for p's answer.
   void Wait(Pending& p) { p.done.WaitForNotification(); }
 
+  // Get: waits for p's answer while checking each hit's bytes as they arrive (the body
+  // checksum, XXH3-64, piece by piece, on this thread while the loop thread receives the
+  // next piece); at the end every hit is exactly kernels::ValidatePayload-checked (header
+  // parsed, body checksum compared) or becomes a kDataLoss block without bytes.
+  void WaitAndCheck(Pending& p) {
+    std::vector<BodyCheck> checks(p.blocks.size());
+    std::vector<std::pair<std::shared_ptr<BlockRecv>, uint64_t>> todo;
+    bool finished = false;
+    while (!finished) {
+      todo.clear();
+      {
+        absl::MutexLock lock(&p.mu);
+        p.mu.Await(absl::Condition(
+            +[](Pending* q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(q->mu) {
+              return q->finished || !q->arrived.empty();
+            },
+            &p));
+        for (std::shared_ptr<BlockRecv>& r : p.arrived) {
+          const uint64_t ready = r->ready;
+          todo.emplace_back(std::move(r), ready);
+        }
+        p.arrived.clear();
+        finished = p.finished;
+      }
+      for (const auto& [r, ready] : todo) checks[r->index].Update(*r, ready);
+    }
+    p.done.WaitForNotification();
+    if (!p.status.ok()) return;
+    // Every receive has ended: the loop thread no longer touches the blocks.
+    for (size_t i = 0; i < p.blocks.size(); ++i) {
+      BlockRecv* r = p.recv[i].get();
+      UcxGetBlock& b = p.blocks[i];
+      if (r == nullptr || !b.status.ok()) continue;
+      absl::Status valid = checks[i].Finish(*r);
+      if (!valid.ok()) {
+        b.status = absl::DataLossError(
+            absl::StrCat("received block failed validation: ", valid.message()));
+        continue;
+      }
+      b.payload = std::move(r->bytes);
+      b.tier = r->tier;
+    }
+  }
+
   uint64_t NextId() { return next_id_.fetch_add(1); }
   size_t last_get_bytes() const { return last_get_bytes_.load(std::memory_order_relaxed); }
   uint64_t prepared_receives() const { return prepared_receives_.load(); }
@@ -235,11 +321,53 @@ class UcxConnection::Impl {
   struct RecvCtx {
     Impl* self;
     std::shared_ptr<Pending> p;
-    uint32_t index;
-    std::vector<uint8_t> buf;
-    v1::Tier tier;
+    std::shared_ptr<BlockRecv> r;
+    size_t piece;
   };
   friend class UcxConnection;
+
+  // The body checksum of one hit, computed over its bytes in order as they arrive.
+  class BodyCheck {
+   public:
+    BodyCheck() = default;
+    BodyCheck(const BodyCheck&) = delete;
+    BodyCheck& operator=(const BodyCheck&) = delete;
+    ~BodyCheck() {
+      if (state_ != nullptr) XXH3_freeState(state_);
+    }
+    // Hashes r's body bytes in [hashed so far, ready).
+    void Update(const BlockRecv& r, uint64_t ready) {
+      if (!started_) {
+        started_ = true;
+        state_ = XXH3_createState();
+        ok_ = state_ != nullptr && XXH3_64bits_reset(state_) == XXH_OK;
+      }
+      ready = std::min<uint64_t>(ready, r.bytes.size());
+      if (!ok_ || ready <= hashed_) return;
+      XXH3_64bits_update(state_, r.bytes.data() + hashed_, ready - hashed_);
+      hashed_ = ready;
+    }
+    // After the last byte arrived: the header parses and the body checksum matches.
+    absl::Status Finish(const BlockRecv& r) {
+      Update(r, r.bytes.size());
+      if (!ok_) return absl::ResourceExhaustedError("cannot allocate a checksum state");
+      if (r.ready != r.total || r.bytes.size() != r.total) {
+        return absl::DataLossError(absl::StrCat("block has ", r.ready, " of ", r.total, " bytes"));
+      }
+      absl::StatusOr<kernels::PayloadHeader> h = kernels::ParseHeader(r.bytes);
+      if (!h.ok()) return h.status();
+      if (XXH3_64bits_digest(state_) != h->body_xxh3) {
+        return absl::DataLossError("block payload checksum mismatch");
+      }
+      return absl::OkStatus();
+    }
+
+   private:
+    XXH3_state_t* state_ = nullptr;
+    bool started_ = false;
+    bool ok_ = false;
+    uint64_t hashed_ = kernels::kPayloadHeaderBytes;  // the body starts after the header
+  };
 
   // ---- loop thread ----
 
@@ -338,7 +466,17 @@ class UcxConnection::Impl {
 
   ucs_status_t OnGetResponse(const std::shared_ptr<Pending>& p, v1::UcxResponse& resp, void* data,
                              size_t length, bool rndv) {
-    if (resp.last()) p->last_seen = true;
+    ucs_status_t ret = OnGetPiece(p, resp, data, length, rndv);
+    if (resp.last()) {
+      p->last_seen = true;
+      EndOpenBlock(*p);
+    }
+    return ret;
+  }
+
+  // One Get response: a miss, a whole hit, or one piece of a hit (UcxResponse.offset).
+  ucs_status_t OnGetPiece(const std::shared_ptr<Pending>& p, const v1::UcxResponse& resp,
+                          void* data, size_t length, bool rndv) {
     if (!resp.has_get()) {
       // A request-level answer: an error (or a protocol violation).
       p->status = resp.code() != 0
@@ -347,64 +485,72 @@ class UcxConnection::Impl {
       return UCS_OK;
     }
     const v1::GetResponse& g = resp.get();
-    uint32_t i = g.index();
-    if (i >= p->blocks.size() || p->have[i]) {
-      p->status =
-          absl::InternalError(absl::StrCat("UCX Get response for block ", i, " of ",
-                                           p->blocks.size(), " is out of order or repeated"));
+    const uint32_t i = g.index();
+    const bool continues =
+        p->open != nullptr && p->open->index == i && g.has_header() && resp.offset() > 0;
+    if (!continues) {
+      EndOpenBlock(*p);
+      if (i >= p->blocks.size() || p->have[i]) {
+        p->status =
+            absl::InternalError(absl::StrCat("UCX Get response for block ", i, " of ",
+                                             p->blocks.size(), " is out of order or repeated"));
+        return UCS_OK;
+      }
+      p->have[i] = true;
+      UcxGetBlock& b = p->blocks[i];
+      if (!g.has_header()) {
+        if (length > 0) {
+          b.status = absl::DataLossError("UCX Get miss carries data");
+        } else if (g.has_miss() && g.miss().code() != 0) {
+          b.status =
+              absl::Status(static_cast<absl::StatusCode>(g.miss().code()), g.miss().message());
+        }  // else: a plain miss
+        p->received++;
+        return UCS_OK;
+      }
+      auto r = std::make_shared<BlockRecv>();
+      r->index = i;
+      r->total = g.header().payload_bytes();
+      r->tier = g.header().tier();
+      p->recv[i] = r;
+      p->open = r;
+      if (r->total < kernels::kPayloadHeaderBytes || r->total > options_.max_payload_bytes) {
+        FailBlock(*p, *r,
+                  absl::DataLossError(absl::StrCat(
+                      "UCX Get block ", i, " announced ", r->total, " bytes; expected ",
+                      kernels::kPayloadHeaderBytes, "..", options_.max_payload_bytes)));
+        return UCS_OK;  // rendezvous data is dropped
+      }
+      r->bytes = ReceiveBuffer(*p, i, r->total);
+    }
+    const std::shared_ptr<BlockRecv> r = p->open;
+    if (r->failed) return UCS_OK;  // the rest of a failed block is dropped
+    if (g.header().payload_bytes() != r->total || resp.offset() != r->announced || length == 0 ||
+        length > r->total - r->announced) {
+      FailBlock(*p, *r,
+                absl::DataLossError(absl::StrCat(
+                    "UCX Get block ", i, " of ", r->total, " bytes: a piece of ", length,
+                    " bytes at offset ", resp.offset(), " (announcing ", g.header().payload_bytes(),
+                    " bytes) where offset ", r->announced, " was due")));
       return UCS_OK;
     }
-    p->have[i] = true;
-    UcxGetBlock& b = p->blocks[i];
-    if (!g.has_header()) {
-      if (length > 0) {
-        b.status = absl::DataLossError("UCX Get miss carries data");
-      } else if (g.has_miss() && g.miss().code() != 0) {
-        b.status = absl::Status(static_cast<absl::StatusCode>(g.miss().code()), g.miss().message());
-      }  // else: a plain miss
-      p->received++;
-      return UCS_OK;
-    }
-    if (g.header().payload_bytes() != length || length > options_.max_payload_bytes) {
-      b.status = absl::DataLossError(absl::StrCat("UCX Get block ", i, " announced ",
-                                                  g.header().payload_bytes(), " bytes but carries ",
-                                                  length));
-      p->received++;
-      return UCS_OK;  // rendezvous data is dropped
-    }
+    const size_t k = r->pieces.size();
+    r->pieces.push_back(BlockRecv::Piece{resp.offset(), length, false});
+    r->announced += length;
+    r->outstanding++;
+    uint8_t* dst = r->bytes.data() + resp.offset();
     if (!rndv) {
-      const auto* bytes = static_cast<const uint8_t*>(data);
-      SetBlock(b, std::vector<uint8_t>(bytes, bytes + length), g.header().tier());
-      p->received++;
+      std::memcpy(dst, data, length);
+      PieceDone(*p, r, k, UCS_OK);
       return UCS_OK;
     }
-    last_get_bytes_.store(length, std::memory_order_relaxed);
-    std::vector<uint8_t> buf;
-    if (p->prepared_state.load(std::memory_order_acquire) == 1) {
-      // The caller is zeroing a buffer for this (about 0.1 ms for 4 MiB): wait for it
-      // (yielding the CPU, which the caller may need) rather than zero one here too. The
-      // bound is only for a caller starved of CPU for that long.
-      const absl::Time until = absl::Now() + absl::Milliseconds(50);
-      while (p->prepared_state.load(std::memory_order_acquire) == 1 && absl::Now() < until) {
-        sched_yield();
-      }
-    }
-    {
-      absl::MutexLock lock(&p->prepared_mu);
-      if (i < p->prepared.size() && p->prepared[i].size() == length) {
-        buf = std::move(p->prepared[i]);
-        prepared_receives_.fetch_add(1, std::memory_order_relaxed);
-      }
-    }
-    if (buf.size() != length) buf.resize(length);  // none prepared (yet): zero one here
-    auto* ctx = new RecvCtx{this, p, i, std::move(buf), g.header().tier()};
+    auto* ctx = new RecvCtx{this, p, r, k};
     ucp_request_param_t rp{};
     rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     rp.cb.recv_am = &Impl::OnRecvDone;
     rp.user_data = ctx;
     p->receiving++;
-    ucs_status_ptr_t sp =
-        ucp_am_recv_data_nbx(loop_->worker(), data, ctx->buf.data(), ctx->buf.size(), &rp);
+    ucs_status_ptr_t sp = ucp_am_recv_data_nbx(loop_->worker(), data, dst, length, &rp);
     if (sp == nullptr) {
       FinishRecv(ctx, UCS_OK);
     } else if (UCS_PTR_IS_ERR(sp)) {
@@ -412,6 +558,31 @@ class UcxConnection::Impl {
     }
     // UCP owns the descriptor after ucp_am_recv_data_nbx, whatever it returned.
     return UCS_INPROGRESS;
+  }
+
+  // A buffer of n bytes for block i: one the caller zeroed ahead when it has that size,
+  // else a fresh one.
+  std::vector<uint8_t> ReceiveBuffer(Pending& p, uint32_t i, uint64_t n) {
+    last_get_bytes_.store(n, std::memory_order_relaxed);
+    std::vector<uint8_t> buf;
+    if (p.prepared_state.load(std::memory_order_acquire) == 1) {
+      // The caller is zeroing a buffer for this (about 0.1 ms for 4 MiB): wait for it
+      // (yielding the CPU, which the caller may need) rather than zero one here too. The
+      // bound is only for a caller starved of CPU for that long.
+      const absl::Time until = absl::Now() + absl::Milliseconds(50);
+      while (p.prepared_state.load(std::memory_order_acquire) == 1 && absl::Now() < until) {
+        sched_yield();
+      }
+    }
+    {
+      absl::MutexLock lock(&p.prepared_mu);
+      if (i < p.prepared.size() && p.prepared[i].size() == n) {
+        buf = std::move(p.prepared[i]);
+        prepared_receives_.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+    if (buf.size() != n) buf.resize(n);  // none prepared (yet): zero one here
+    return buf;
   }
 
   static void OnRecvDone(void* request, ucs_status_t status, size_t length, void* user_data) {
@@ -424,35 +595,75 @@ class UcxConnection::Impl {
   }
 
   void FinishRecv(RecvCtx* ctx, ucs_status_t status) {
-    Pending& p = *ctx->p;
-    p.receiving--;
-    p.received++;
-    if (!p.completed) {
-      UcxGetBlock& b = p.blocks[ctx->index];
-      if (status != UCS_OK) {
-        b.status =
-            absl::UnavailableError(ucx::FromUcs(status, "receiving UCX Get block").message());
-      } else {
-        SetBlock(b, std::move(ctx->buf), ctx->tier);
-      }
-    }
+    ctx->p->receiving--;
+    PieceDone(*ctx->p, ctx->r, ctx->piece, status);
     delete ctx;
   }
 
-  static void SetBlock(UcxGetBlock& b, std::vector<uint8_t> bytes, v1::Tier tier) {
-    absl::Status valid = kernels::ValidatePayload(bytes).status();
-    if (!valid.ok()) {
-      b.status =
-          absl::DataLossError(absl::StrCat("received block failed validation: ", valid.message()));
+  // Piece k of r has arrived (or failed): publishes the bytes that now arrived without a
+  // gap from offset 0 to the calling thread, which checks them.
+  void PieceDone(Pending& p, const std::shared_ptr<BlockRecv>& r, size_t k, ucs_status_t status) {
+    r->outstanding--;
+    if (status != UCS_OK) {
+      FailBlock(p, *r,
+                absl::UnavailableError(ucx::FromUcs(status, "receiving UCX Get block").message()));
       return;
     }
-    b.payload = std::move(bytes);
-    b.tier = tier;
+    if (r->failed) return;
+    r->pieces[k].done = true;
+    uint64_t ready = 0;
+    bool grew = false;
+    while (r->contiguous < r->pieces.size() && r->pieces[r->contiguous].done) {
+      ready = r->pieces[r->contiguous].offset + r->pieces[r->contiguous].length;
+      r->contiguous++;
+      grew = true;
+    }
+    if (grew) {
+      absl::MutexLock lock(&p.mu);
+      r->ready = ready;
+      p.arrived.push_back(r);
+    }
+    if (!r->counted && r->announced == r->total && r->outstanding == 0) {
+      r->counted = true;
+      p.received++;
+    }
+  }
+
+  // Sets the block's error (the first one stays) and counts it as received; its pieces
+  // still in flight only end their receives.
+  static void FailBlock(Pending& p, BlockRecv& r, absl::Status s) {
+    if (!r.failed) {
+      r.failed = true;
+      p.blocks[r.index].status = std::move(s);
+    }
+    if (!r.counted) {
+      r.counted = true;
+      p.received++;
+    }
+  }
+
+  // The open block's pieces are over (another block's response or `last` came): it must
+  // have announced all of its bytes.
+  static void EndOpenBlock(Pending& p) {
+    std::shared_ptr<BlockRecv> r = std::move(p.open);
+    if (r == nullptr || r->failed || r->announced == r->total) return;
+    FailBlock(p, *r,
+              absl::DataLossError(absl::StrCat("UCX Get block ", r->index, " ended after ",
+                                               r->announced, " of ", r->total, " bytes")));
   }
 
   void Fail(const std::shared_ptr<Pending>& p, absl::Status s) {
     if (p->status.ok()) p->status = std::move(s);
     MaybeComplete(p);
+  }
+
+  // Marks p answered: wakes its caller (Wait or WaitAndCheck).
+  static void Finish(Pending& p) {
+    {
+      absl::MutexLock lock(&p.mu);
+      p.finished = true;
+    }
+    p.done.Notify();
   }
 
   void MaybeComplete(const std::shared_ptr<Pending>& p) {
@@ -471,7 +682,7 @@ class UcxConnection::Impl {
     }
     p->completed = true;
     if (p->registered) pending_.erase(p->id);
-    p->done.Notify();
+    Finish(*p);
   }
 
   void FailAll(const absl::Status& s) {
@@ -641,10 +852,12 @@ absl::StatusOr<std::vector<UcxGetBlock>> UcxConnection::Get(
   p->id = impl_->NextId();
   p->kind = Kind::kGet;
   p->blocks.resize(chain.size());
+  p->recv.resize(chain.size());
   p->have.assign(chain.size(), false);
   v1::UcxRequest r;
   r.set_session_token(impl_->token());
   r.set_request_id(p->id);
+  r.set_get_piece_bytes(impl_->options().get_piece_bytes);
   v1::GetRequest* g = r.mutable_get();
   g->set_namespace_(std::string(ns));
   g->set_part(part);
@@ -668,7 +881,7 @@ absl::StatusOr<std::vector<UcxGetBlock>> UcxConnection::Get(
       }
       p->prepared_state.store(2, std::memory_order_release);
     }
-    impl_->Wait(*p);
+    impl_->WaitAndCheck(*p);
   }
   KVTIER_RETURN_IF_ERROR(p->status);
   return std::move(p->blocks);

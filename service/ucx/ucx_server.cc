@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <ucp/api/ucp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <deque>
@@ -20,6 +21,7 @@
 #include "common/status_macros.h"
 #include "common/ucx/ucx_status.h"
 #include "kvtier/v1/kvtier.pb.h"
+#include "proto/kvtier/v1/wire.h"
 #include "service/put_buffers.h"
 
 namespace kvtier::service {
@@ -31,6 +33,7 @@ using storage::Payload;
 
 constexpr unsigned kRequestAmId = 1;
 constexpr unsigned kResponseAmId = 2;
+using v1::wire::kMinGetPieceBytes;
 
 // [A-Za-z0-9._:/-]{1,256}, no "..": the namespace rule of the proto file.
 absl::Status ValidateNamespace(absl::string_view ns) {
@@ -275,6 +278,7 @@ class UcxDataPlane::Impl {
     st.rendezvous_receives = rendezvous_receives_.load();
     st.rejected_before_receive = rejected_before_receive_.load();
     st.inline_gets = inline_gets_.load();
+    st.get_pieces = get_pieces_.load();
     if (put_buffers_ != nullptr) {
       const PutBuffers::Stats b = put_buffers_->stats();
       st.put_buffers_ready = b.taken_ready;
@@ -322,7 +326,8 @@ class UcxDataPlane::Impl {
     Impl* self;
     std::shared_ptr<Request> req;
     std::string header;
-    Payload payload;  // keeps a Get hit alive until UCX is done with it
+    Payload payload;     // keeps a Get hit alive until UCX is done with it
+    uint64_t bytes = 0;  // of payload, sent as the AM data
   };
 
   struct RecvCtx {
@@ -377,7 +382,7 @@ class UcxDataPlane::Impl {
 
   static void OnSendDone(void* request, ucs_status_t status, void* user_data) {
     auto* ctx = static_cast<SendCtx*>(user_data);
-    if (status == UCS_OK && ctx->payload != nullptr) ctx->req->bytes_out += ctx->payload->size();
+    if (status == UCS_OK) ctx->req->bytes_out += ctx->bytes;
     ctx->req->pending_sends--;
     ctx->self->MaybeFinish(ctx->req);
     delete ctx;
@@ -644,7 +649,7 @@ class UcxDataPlane::Impl {
                       v1::UcxResponse resp;
                       resp.mutable_lookup()->set_num_present(static_cast<uint32_t>(present));
                       resp.set_last(true);
-                      Send(req, resp, nullptr);
+                      Send(req, resp, nullptr, 0, 0);
                       Done(req);
                     });
   }
@@ -676,7 +681,7 @@ class UcxDataPlane::Impl {
           v1::UcxResponse resp;
           resp.mutable_delete_()->set_deleted(static_cast<uint32_t>(*deleted));
           resp.set_last(true);
-          Send(req, resp, nullptr);
+          Send(req, resp, nullptr, 0, 0);
           Done(req);
         });
   }
@@ -687,24 +692,29 @@ class UcxDataPlane::Impl {
     if (!s.ok()) return Fail(req, s);
     auto keys = Keys(r.namespace_(), r.part(), r.chain_hashes());
     if (!keys.ok()) return Fail(req, keys.status());
+    const uint64_t piece = request.get_piece_bytes();
+    if (piece != 0 && (piece < kMinGetPieceBytes || piece > kernels::kMaxPayloadBytes)) {
+      return Fail(req, absl::InvalidArgumentError(
+                           absl::StrCat("get_piece_bytes is ", piece, "; expected 0 or ",
+                                        kMinGetPieceBytes, "..", kernels::kMaxPayloadBytes)));
+    }
     using Leases = std::vector<absl::StatusOr<storage::Lease>>;
     if (options_.inline_gets && pool_ != nullptr) {
       inline_gets_.fetch_add(1, std::memory_order_relaxed);
-      SendBlocks(req, store_->Get(*keys));
+      SendBlocks(req, store_->Get(*keys), piece);
       return;
     }
     Offload<Leases>([this, keys = std::move(*keys)] { return store_->Get(keys); },
-                    [this, req](Leases got) { SendBlocks(req, got); });
+                    [this, req, piece](Leases got) { SendBlocks(req, got, piece); });
   }
 
   void SendBlocks(const std::shared_ptr<Request>& req,
-                  const std::vector<absl::StatusOr<storage::Lease>>& got) {
+                  const std::vector<absl::StatusOr<storage::Lease>>& got, uint64_t piece_bytes) {
     for (size_t i = 0; i < got.size(); ++i) {
       v1::UcxResponse resp;
       v1::GetResponse* g = resp.mutable_get();
       g->set_index(static_cast<uint32_t>(i));
       resp.set_last(i + 1 == got.size());
-      Payload payload;
       if (!got[i].ok()) {
         resp.set_code(static_cast<int32_t>(got[i].status().code()));
         resp.set_message(std::string(got[i].status().message()));
@@ -715,14 +725,53 @@ class UcxDataPlane::Impl {
         g->mutable_miss();
         if (hooks_.on_get_block) hooks_.on_get_block("none", "miss");
       } else {
-        payload = got[i]->payload;
+        const Payload& payload = got[i]->payload;
         g->mutable_header()->set_payload_bytes(payload->size());
         g->mutable_header()->set_tier(ToProto(got[i]->tier));
         if (hooks_.on_get_block) hooks_.on_get_block(TierName(got[i]->tier), "hit");
+        if (piece_bytes > 0 && payload->size() > piece_bytes) {
+          SendPieces(req, resp, payload, piece_bytes);
+          continue;
+        }
+        Send(req, resp, payload, 0, payload->size());
+        continue;
       }
-      Send(req, resp, std::move(payload));
+      Send(req, resp, nullptr, 0, 0);
     }
     Done(req);
+  }
+
+  // One hit as consecutive responses of piece_bytes (the last one shorter), each with its
+  // offset; `resp` has the block's index, header and `last`, which only the final piece
+  // keeps.
+  void SendPieces(const std::shared_ptr<Request>& req, v1::UcxResponse& resp,
+                  const Payload& payload, uint64_t piece_bytes) {
+    const bool last = resp.last();
+    const uint64_t n = payload->size();
+    const auto fault = options_.get_fault_for_testing;
+    Payload corrupted;  // kFlipBit: the bytes piece 1 is sent from
+    if (fault == UcxDataPlaneOptions::GetFaultForTesting::kFlipBit) {
+      auto copy = std::make_shared<std::vector<uint8_t>>(*payload);
+      (*copy)[std::min<uint64_t>(piece_bytes + piece_bytes / 2, n - 1)] ^= 0x10;
+      corrupted = std::move(copy);
+    }
+    uint64_t piece = 0;
+    for (uint64_t off = 0; off < n; off += piece_bytes, ++piece) {
+      uint64_t len = std::min(piece_bytes, n - off);
+      resp.set_offset(off);
+      resp.set_last(last && off + len == n);
+      get_pieces_.fetch_add(1, std::memory_order_relaxed);
+      if (piece == 1) {
+        using F = UcxDataPlaneOptions::GetFaultForTesting;
+        if (fault == F::kSkipPiece) continue;
+        if (fault == F::kShortPiece) --len;
+        if (fault == F::kFlipBit) {
+          Send(req, resp, corrupted, off, len);
+          continue;
+        }
+      }
+      Send(req, resp, payload, off, len);
+    }
   }
 
   void HandlePut(const std::shared_ptr<Request>& req, const v1::UcxRequest& request, Job& job) {
@@ -809,7 +858,7 @@ class UcxDataPlane::Impl {
           resp.mutable_put()->add_outcomes(dedup ? v1::PutResponse::DEDUPLICATED
                                                  : v1::PutResponse::STORED);
           resp.set_last(true);
-          Send(req, resp, nullptr);
+          Send(req, resp, nullptr, 0, 0);
           Done(req);
         });
   }
@@ -821,20 +870,23 @@ class UcxDataPlane::Impl {
     resp.set_code(static_cast<int32_t>(status.code()));
     resp.set_message(std::string(status.message()));
     resp.set_last(true);
-    Send(req, resp, nullptr);
+    Send(req, resp, nullptr, 0, 0);
     Done(req);
   }
 
-  void Send(const std::shared_ptr<Request>& req, v1::UcxResponse& resp, Payload payload) {
+  // Sends one response with bytes [offset, offset + n) of `payload` (none when null) as
+  // its AM data; `payload` stays referenced until UCX is done with it.
+  void Send(const std::shared_ptr<Request>& req, v1::UcxResponse& resp, Payload payload,
+            uint64_t offset, uint64_t n) {
     if (req->conn->failed) return;
     resp.set_request_id(req->request_id);
-    auto* ctx = new SendCtx{this, req, resp.SerializeAsString(), std::move(payload)};
+    auto* ctx = new SendCtx{this, req, resp.SerializeAsString(), std::move(payload), n};
     ucp_request_param_t p{};
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     p.cb.send = &Impl::OnSendDone;
     p.user_data = ctx;
-    const void* data = ctx->payload ? ctx->payload->data() : nullptr;
-    size_t n = ctx->payload ? ctx->payload->size() : 0;
+    const void* data = ctx->payload ? ctx->payload->data() + offset : nullptr;
+    if (!ctx->payload) n = 0;
     ucs_status_ptr_t sp = ucp_am_send_nbx(req->conn->ep, kResponseAmId, ctx->header.data(),
                                           ctx->header.size(), data, n, &p);
     if (sp == nullptr) {
@@ -897,6 +949,7 @@ class UcxDataPlane::Impl {
   std::atomic<uint64_t> rendezvous_receives_{0};
   std::atomic<uint64_t> rejected_before_receive_{0};
   std::atomic<uint64_t> inline_gets_{0};
+  std::atomic<uint64_t> get_pieces_{0};
 };
 
 UcxDataPlane::UcxDataPlane(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

@@ -99,6 +99,12 @@ struct UcxDataPlaneOptions {
   // and pre-faulted) for the size most puts have, so the loop thread does not take the page
   // faults of fresh memory (service/put_buffers.h); 0 disables the thread. Default: 4.
   int ready_put_buffers = 4;
+  // Tests only: makes Get answers sent in pieces misbehave, to check that the client
+  // never returns wrong bytes. kFlipBit sends piece 1 of every hit from a copy with one
+  // bit flipped; kSkipPiece leaves piece 1 out (later pieces' offsets then jump);
+  // kShortPiece sends piece 1 one byte short. Default: kNone.
+  enum class GetFaultForTesting { kNone, kFlipBit, kSkipPiece, kShortPiece };
+  GetFaultForTesting get_fault_for_testing = GetFaultForTesting::kNone;
   // Time Stop gives requests already received to finish before endpoints are closed.
   // Default: 20 s.
   absl::Duration drain_timeout = absl::Seconds(20);
@@ -123,6 +129,7 @@ struct UcxDataPlaneStats {
   uint64_t put_buffers_ready = 0;        // rendezvous puts received into a prepared buffer
   uint64_t put_buffers_allocated = 0;    // rendezvous puts whose buffer was allocated then
   uint64_t inline_gets = 0;              // Get store calls run on the loop thread (inline_gets)
+  uint64_t get_pieces = 0;               // Get hit responses sent as pieces (get_piece_bytes)
 };
 
 // Thread-safe: see the file comment.

@@ -121,8 +121,11 @@ ChainHash KeyHash(uint64_t a, uint64_t b) {
 }
 
 // ---- kvtier workers ----
+uint64_t g_ucx_get_piece_bytes = ClientOptions().ucx_get_piece_bytes;
+
 std::unique_ptr<Client> Connect(const std::string& endpoint, TransportKind kind) {
   ClientOptions o;
+  o.ucx_get_piece_bytes = g_ucx_get_piece_bytes;
   o.endpoints = {endpoint};
   o.transport = kind;
   o.timeout = absl::Seconds(60);
@@ -364,13 +367,17 @@ int main(int argc, char** argv) {
       if (!absl::SimpleAtod(value("seconds"), &seconds)) return 2;
     } else if (!value("server_flag").empty()) {
       server_flags.push_back(value("server_flag"));  // e.g. --server_flag=--ready_put_buffers=0
+    } else if (!value("ucx_get_piece").empty()) {
+      auto b = kvtier::service::ParseByteSize(value("ucx_get_piece"));  // 0: whole payloads
+      if (!b.ok()) return 2;
+      g_ucx_get_piece_bytes = *b;
     } else if (a == "--no_lookup") {
       lookup = false;
     } else {
       std::fprintf(stderr,
                    "usage: kvtier-service-bench [--sizes=256KiB,1MiB,4MiB,16MiB] "
                    "[--clients=1,8,64] [--transports=grpc,ucx,redis] [--seconds=2] "
-                   "[--no_lookup] [--server_flag=--flag=value ...]\n");
+                   "[--no_lookup] [--ucx_get_piece=1MiB] [--server_flag=--flag=value ...]\n");
       return 2;
     }
   }

@@ -108,11 +108,13 @@ class UcxTransportTest : public ::testing::TestWithParam<int> {
     if (server_) server_->Stop();
   }
 
-  std::unique_ptr<UcxConnection> Connect(std::string token = kWriter,
-                                         absl::Duration request_timeout = absl::Seconds(20)) {
+  std::unique_ptr<UcxConnection> Connect(
+      std::string token = kWriter, absl::Duration request_timeout = absl::Seconds(20),
+      uint64_t get_piece_bytes = UcxConnectionOptions().get_piece_bytes) {
     UcxConnectionOptions o;
     o.loop = ucx_test::LoopOptions("ucx-test-cli");
     o.request_timeout = request_timeout;
+    o.get_piece_bytes = get_piece_bytes;
     auto c = UcxConnection::Connect("127.0.0.1", server_->port(), std::move(token),
                                     absl::Seconds(10), o);
     EXPECT_TRUE(c.ok()) << c.status();
@@ -199,6 +201,145 @@ TEST_P(UcxTransportTest, PutGetRoundTripOfLargePayloads) {
   for (const Payload& p : payloads) total += p->size();
   EXPECT_EQ(put_in, total + payloads[3]->size());
   EXPECT_EQ(get_out, total);
+}
+
+// Hits of every size arrive exactly whatever piece size the client asks for (0: whole);
+// a hit is sent in pieces only when it is larger than the piece size, one response per
+// piece.
+TEST_P(UcxTransportTest, GetInPiecesReturnsExactBytesForEveryPieceSize) {
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  const size_t sizes[] = {100 << 10, 1 << 20, (4 << 20) + 12345, 9 << 20};
+  std::vector<Payload> payloads;
+  std::vector<ChainHash> chain;
+  for (size_t i = 0; i < 4; ++i) {
+    payloads.push_back(ucx_test::PayloadOfAtLeast(200 + i, sizes[i]));
+    chain.push_back(H(10 + i));
+    ASSERT_TRUE(c->Put(kNs, chain.back(), 0, payloads[i]->data(), payloads[i]->size()).ok());
+  }
+  chain.insert(chain.begin() + 2, H(99));  // a miss between the hits
+  const uint64_t pieces[] = {0, 64 << 10, 1 << 20, 3 << 20, uint64_t{1} << 30};
+  for (uint64_t piece : pieces) {
+    auto cp = Connect(kWriter, absl::Seconds(20), piece);
+    ASSERT_NE(cp, nullptr);
+    const uint64_t before = server_->stats().get_pieces;
+    auto got = cp->Get(kNs, 0, chain);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(got->size(), 5u);
+    uint64_t expected_pieces = 0;
+    for (size_t i = 0, p = 0; i < 5; ++i) {
+      const UcxGetBlock& b = (*got)[i];
+      ASSERT_TRUE(b.status.ok()) << "piece " << piece << " block " << i << ": " << b.status;
+      if (i == 2) {
+        EXPECT_FALSE(b.payload.has_value());
+        continue;
+      }
+      const Payload& want = payloads[p++];
+      ASSERT_TRUE(b.payload.has_value()) << "piece " << piece << " block " << i;
+      EXPECT_TRUE(*b.payload == *want) << "piece " << piece << " block " << i;
+      if (piece > 0 && want->size() > piece) expected_pieces += (want->size() + piece - 1) / piece;
+    }
+    EXPECT_EQ(server_->stats().get_pieces - before, expected_pieces) << "piece " << piece;
+  }
+}
+
+// The wire format of pieces: consecutive responses of one block, each with its header and
+// offset, in offset order, `last` only on the final piece of the final block. Piece sizes
+// below 64 KiB or above 1 GiB are INVALID_ARGUMENT, from the server and from Connect.
+TEST_P(UcxTransportTest, PiecesCarryOffsetsInOrderAndBadPieceSizesAreInvalidArgument) {
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  Payload big = ucx_test::PayloadOfAtLeast(31, 300 << 10);
+  Payload small = storage::testing::RandomPayload(32);
+  ASSERT_LT(small->size(), size_t{64} << 10);
+  ASSERT_TRUE(c->Put(kNs, H(1), 0, big->data(), big->size()).ok());
+  ASSERT_TRUE(c->Put(kNs, H(2), 0, small->data(), small->size()).ok());
+  v1::UcxRequest r;
+  r.set_session_token(kWriter);
+  r.set_request_id(9);
+  r.set_get_piece_bytes(64 << 10);
+  r.mutable_get()->set_namespace_(kNs);
+  for (uint64_t i : {1, 3, 2}) r.mutable_get()->add_chain_hashes(HashBytes(H(i)));
+  auto resp = c->RawRequestForTesting(r.SerializeAsString(), 9, nullptr, 0, absl::Seconds(10));
+  ASSERT_TRUE(resp.ok()) << resp.status();
+  const size_t big_pieces = (big->size() + (64 << 10) - 1) / (64 << 10);
+  ASSERT_EQ(resp->size(), big_pieces + 2);
+  for (size_t k = 0; k < big_pieces; ++k) {
+    const v1::UcxResponse& m = (*resp)[k];
+    EXPECT_EQ(m.code(), 0);
+    EXPECT_EQ(m.get().index(), 0u);
+    EXPECT_EQ(m.get().header().payload_bytes(), big->size());
+    EXPECT_EQ(m.offset(), k * (64 << 10));
+    EXPECT_FALSE(m.last());
+  }
+  EXPECT_TRUE((*resp)[big_pieces].get().has_miss());
+  EXPECT_FALSE((*resp)[big_pieces].last());
+  const v1::UcxResponse& tail = (*resp)[big_pieces + 1];
+  EXPECT_EQ(tail.get().index(), 2u);
+  EXPECT_EQ(tail.get().header().payload_bytes(), small->size());
+  EXPECT_EQ(tail.offset(), 0u);
+  EXPECT_TRUE(tail.last());
+
+  for (uint64_t bad : {uint64_t{1}, uint64_t{65535}, (uint64_t{1} << 30) + 1}) {
+    r.set_request_id(10);
+    r.set_get_piece_bytes(bad);
+    resp = c->RawRequestForTesting(r.SerializeAsString(), 10, nullptr, 0, absl::Seconds(10));
+    ASSERT_TRUE(resp.ok()) << resp.status();
+    ASSERT_EQ(resp->size(), 1u);
+    EXPECT_EQ((*resp)[0].code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+    EXPECT_EQ((*resp)[0].message(),
+              absl::StrCat("get_piece_bytes is ", bad, "; expected 0 or 65536..1073741824"));
+    UcxConnectionOptions o;
+    o.loop = ucx_test::LoopOptions("ucx-test-cli");
+    o.get_piece_bytes = bad;
+    auto bad_conn =
+        UcxConnection::Connect("127.0.0.1", server_->port(), kWriter, absl::Seconds(10), o);
+    EXPECT_EQ(bad_conn.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  // Nothing changed and the server keeps serving.
+  auto got = c->Get(kNs, 0, {H(1), H(2)});
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE((*got)[0].payload == *big);
+  EXPECT_TRUE((*got)[1].payload == *small);
+}
+
+// A server whose pieces go wrong (a bit flipped in one piece, a piece left out, a piece
+// one byte short): that block is DATA_LOSS without bytes, the other blocks of the same Get
+// are exact, and the connection keeps working.
+TEST_P(UcxTransportTest, CorruptMissingOrShortPiecesAreDataLossNeverWrongBytes) {
+  using F = UcxDataPlaneOptions::GetFaultForTesting;
+  const std::pair<F, const char*> faults[] = {
+      {F::kFlipBit, "checksum mismatch"}, {F::kSkipPiece, "was due"}, {F::kShortPiece, "was due"}};
+  for (const auto& [fault, why] : faults) {
+    server_->Stop();
+    UcxDataPlaneOptions o;
+    o.get_fault_for_testing = fault;
+    StartServer(o);
+    auto c = Connect(kWriter, absl::Seconds(20), 64 << 10);
+    ASSERT_NE(c, nullptr);
+    Payload small = storage::testing::RandomPayload(41);
+    Payload big = ucx_test::PayloadOfAtLeast(42, 300 << 10);
+    ASSERT_TRUE(c->Put(kNs, H(1), 0, small->data(), small->size()).ok());
+    ASSERT_TRUE(c->Put(kNs, H(2), 0, big->data(), big->size()).ok());
+    for (int round = 0; round < 2; ++round) {
+      auto got = c->Get(kNs, 0, {H(1), H(2), H(3)});
+      ASSERT_TRUE(got.ok()) << got.status();
+      ASSERT_EQ(got->size(), 3u);
+      EXPECT_TRUE((*got)[0].payload == *small);
+      const UcxGetBlock& b = (*got)[1];
+      EXPECT_EQ(b.status.code(), absl::StatusCode::kDataLoss) << static_cast<int>(fault);
+      EXPECT_TRUE(absl::StrContains(b.status.message(), why)) << b.status;
+      EXPECT_FALSE(b.payload.has_value());
+      EXPECT_TRUE((*got)[2].status.ok());
+      EXPECT_FALSE((*got)[2].payload.has_value());
+    }
+    // Whole payloads are not affected by the fault: the stored copy was always intact.
+    auto whole = Connect(kWriter, absl::Seconds(20), 0);
+    ASSERT_NE(whole, nullptr);
+    auto got = whole->Get(kNs, 0, {H(2)});
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_TRUE((*got)[0].payload == *big);
+  }
 }
 
 // Puts of one size are received into buffers prepared ahead (ready_put_buffers); with 0,

@@ -17,6 +17,10 @@
 
 namespace kvtier::v1::wire {
 
+// Smallest UcxRequest.get_piece_bytes other than 0 (kvtier.proto): a piece costs one
+// response AM, so tiny pieces would make a Get a flood of messages.
+inline constexpr uint64_t kMinGetPieceBytes = uint64_t{64} << 10;
+
 // Appends v as a base-128 varint.
 inline void AppendVarint(uint64_t v, std::string* out) {
   while (v >= 0x80) {

@@ -13,6 +13,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "service/heap_reserve.h"
 #include "service/server.h"
 #include "service/validation.h"
 
@@ -37,6 +38,10 @@ ABSL_FLAG(int, max_concurrent_streams, 1024, "concurrent streaming RPCs");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(20),
           "time in-flight requests get after SIGTERM");
 ABSL_FLAG(absl::Duration, ucx_session_ttl, absl::Hours(1), "lifetime of a UCX session token");
+ABSL_FLAG(bool, reserve_memory, false,
+          "map --memory_capacity of heap at start, in transparent huge pages where the kernel "
+          "gives them: Puts then never fault in fresh memory and UCX Gets read huge pages "
+          "(the process holds that much resident memory from the start)");
 ABSL_FLAG(int, ready_put_buffers, 4,
           "Put payload buffers prepared ahead per transport for the most common block size "
           "(at most 64MiB each); 0 disables");
@@ -126,6 +131,18 @@ int main(int argc, char** argv) {
   dump("drain_timeout", absl::FormatDuration(drain_timeout));
   dump("ucx_session_ttl", absl::FormatDuration(o.ucx_session_ttl));
   dump("ready_put_buffers", absl::StrCat(o.ready_put_buffers));
+  dump("reserve_memory", absl::GetFlag(FLAGS_reserve_memory) ? "true" : "false");
+
+  if (absl::GetFlag(FLAGS_reserve_memory)) {
+    auto reserved = kvtier::service::ReserveHeap(*mem, /*huge_pages=*/true);
+    if (!reserved.ok())
+      return Fail(absl::StrCat("--reserve_memory: ", reserved.status().message()));
+    std::fprintf(stderr,
+                 "kvtier-server: reserved %llu MiB of heap in %s (%llu MiB in huge pages)\n",
+                 static_cast<unsigned long long>(reserved->bytes >> 20),
+                 absl::FormatDuration(reserved->took).c_str(),
+                 static_cast<unsigned long long>(reserved->huge_page_bytes >> 20));
+  }
 
   // Block the stop signals before any thread starts so that only sigwait sees them.
   sigset_t stop_signals;

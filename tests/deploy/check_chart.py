@@ -278,7 +278,8 @@ def main():
     check_render("defaults", [], {
         "kinds": base_kinds, "replicas": 3,
         "flags": {"--listen": "0.0.0.0:50051", "--ucx_port": "50052", "--http_port": "9100",
-                  "--drain_timeout": "20s", "--memory_capacity": "4GiB", "--disk_capacity": "64GiB"}})
+                  "--drain_timeout": "20s", "--memory_capacity": "4GiB", "--disk_capacity": "64GiB",
+                  "--reserve_memory": "true"}})
     # Non-strict rendering (what helm does by default) gives the same output.
     p = subprocess.run([RENDERER, "--name", "kvtier", "--namespace", "kv", CHART], capture_output=True, text=True)
     check(p.returncode == 0 and p.stdout == render([])[0], "defaults: strict and non-strict renders differ")

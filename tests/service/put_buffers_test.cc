@@ -1,6 +1,8 @@
 // --ready_put_buffers: Put payloads of the common size land in buffers prepared ahead on
 // both transports (kvtier_put_buffers_total{source="prepared"} grows), every block still
 // round-trips exactly; 0 disables it; a negative value does not start.
+// --reserve_memory: the server holds its RAM tier's memory from the start and filling the
+// tier does not grow it.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -107,6 +109,49 @@ TEST(PutBuffersServiceTest, ZeroDisablesAndNegativeDoesNotStart) {
   ServerProcess::Options bo;
   bo.extra_flags = {"--ready_put_buffers=-1"};
   EXPECT_FALSE(bad.Start(bo).ok());
+}
+
+TEST(PutBuffersServiceTest, ReservedMemoryIsHeldFromTheStartAndFillingDoesNotGrowTheServer) {
+  ServerProcess s;
+  ServerProcess::Options so;
+  so.enable_ucx = true;
+  so.memory_capacity = "192MiB";
+  so.extra_flags = {"--reserve_memory"};
+  ASSERT_TRUE(s.Start(so).ok());
+  const long start_kib = s.RssKiB();
+  EXPECT_GE(start_kib, 192 * 1024) << "the RAM tier was not reserved at start";
+  for (TransportKind transport : {TransportKind::kGrpc, TransportKind::kUcx}) {
+    ClientOptions o;
+    o.endpoints = {s.endpoint()};
+    o.transport = transport;
+    auto c = Client::Create(o);
+    if (c.status().code() == absl::StatusCode::kUnimplemented) continue;  // no UCX here
+    ASSERT_TRUE(c.ok()) << c.status();
+    // 20 blocks of 4 MiB per transport: 160 MiB in all, inside the tier.
+    const std::vector<kernels::ChainHash> chain =
+        RandomChain(20, transport == TransportKind::kGrpc ? 71 : 72);
+    std::vector<std::vector<uint8_t>> payloads;
+    for (size_t i = 0; i < chain.size(); ++i) {
+      payloads.push_back(MakePayload(4 << 20, 7000 + i + (transport == TransportKind::kUcx)));
+      PutItem item{chain[i], payloads.back()};
+      auto r = (*c)->Put(kNs, 0, absl::MakeConstSpan(&item, 1));
+      ASSERT_TRUE(r.ok()) << r.status();
+    }
+    auto got = (*c)->Get(kNs, 0, chain);
+    ASSERT_EQ(got.size(), chain.size());
+    for (size_t i = 0; i < chain.size(); ++i) {
+      ASSERT_TRUE(got[i].hit) << i << " " << got[i].status;
+      EXPECT_EQ(got[i].payload, payloads[i]) << i;
+    }
+  }
+  // Without the reserve the server would have grown by the 160 MiB it now holds.
+  EXPECT_LT(s.RssKiB() - start_kib, 64 * 1024) << "payloads did not land in the reserve";
+
+  ServerProcess bad;
+  ServerProcess::Options bo;
+  bo.memory_capacity = "1TiB";
+  bo.extra_flags = {"--reserve_memory"};
+  EXPECT_FALSE(bad.Start(bo).ok()) << "a reserve larger than the machine must not start";
 }
 
 }  // namespace

@@ -393,7 +393,10 @@ int main(int argc, char** argv) {
   kt::ServerProcess::Options so;
   so.enable_ucx = true;
   so.memory_capacity = capacity;
-  so.extra_flags = server_flags;
+  // The server as the Helm chart deploys it: RAM tier reserved at start (--reserve_memory),
+  // unless a --server_flag says otherwise (e.g. --server_flag=--reserve_memory=false).
+  so.extra_flags = {"--reserve_memory"};
+  so.extra_flags.insert(so.extra_flags.end(), server_flags.begin(), server_flags.end());
   if (absl::Status s = server.Start(so); !s.ok()) {
     std::fprintf(stderr, "kvtier-server: %s\n", s.ToString().c_str());
     return 1;

@@ -129,6 +129,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 --ucx_port={{ int $s.ports.ucx }}
 --http_port={{ int $s.ports.http }}
 --memory_capacity={{ $s.memoryCapacity }}
+--reserve_memory={{ $s.reserveMemory }}
 --disk_capacity={{ $s.diskCapacity }}
 --data_dir={{ include "kvtier.dataMount" . }}/rocksdb
 --sync_writes={{ $s.syncWrites }}

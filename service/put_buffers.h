@@ -11,8 +11,16 @@
 //   std::shared_ptr<std::vector<uint8_t>> buf = buffers.Take(n);  // buf->size() == n
 //   ... receive exactly n bytes into buf->data(), then hand buf to the store ...
 //
-// The contents of a taken buffer are zeros (std::vector value-initializes); callers must
-// overwrite all n bytes before the buffer is used as a payload.
+// Recycling: a buffer handed out by Take/TakeReady comes back when its last reference is
+// dropped (the payload was evicted, deleted or rejected): if it has the hot size and fewer
+// than `ready` are waiting, it waits to be taken again instead of being freed. A full
+// store evicts about as many bytes as it receives, so in steady state Puts reuse evicted
+// payloads' buffers: no allocation and no zeroing (4 MiB of memset per Put otherwise, on
+// the receiving thread or the background one).
+//
+// The contents of a taken buffer are unspecified: zeros, or the bytes of an earlier
+// payload. Callers must overwrite all n bytes before the buffer is used as a payload (the
+// UCX and gRPC Put paths store a block only once all of its bytes have arrived).
 //
 // "The size most Puts have": the last size requested twice in a row (a size seen once
 // among others does not make the thread throw away what it prepared). Sizes below
@@ -45,6 +53,12 @@ class PutBuffers {
     // Most bytes held ready (fewer buffers for large sizes; none for a size above it).
     // Default: 64 MiB.
     size_t max_ready_bytes = size_t{64} << 20;
+    // Take back buffers whose last reference was dropped (see the file comment).
+    // Default: true.
+    bool recycle = true;
+    // Prepare buffers on the background thread; false keeps only recycled ones ready.
+    // Default: true.
+    bool prepare = true;
   };
 
   struct Stats {
@@ -53,17 +67,19 @@ class PutBuffers {
     uint64_t not_ready = 0;    // TakeReady calls that returned null
     uint64_t prepared = 0;     // buffers the background thread prepared
     uint64_t discarded = 0;    // prepared buffers dropped because the hot size changed
+    uint64_t recycled = 0;     // buffers that came back and were kept for another Take
   };
 
   explicit PutBuffers(const Options& options);
   PutBuffers(const PutBuffers&) = delete;
   PutBuffers& operator=(const PutBuffers&) = delete;
-  ~PutBuffers();  // stops the thread; buffers already taken stay valid
+  ~PutBuffers();  // stops the thread; buffers already taken stay valid (and are freed, not
+                  // recycled, when dropped)
 
-  // A buffer of exactly n bytes (zeros).
+  // A buffer of exactly n bytes (contents unspecified: see the file comment).
   std::shared_ptr<std::vector<uint8_t>> Take(size_t n);
 
-  // A prepared buffer of exactly n bytes (zeros), or null when none is ready; never
+  // A prepared buffer of exactly n bytes (contents unspecified), or null when none is ready; never
   // allocates (for callers that must not commit memory on a size a peer merely announced).
   // Counts toward the choice of the hot size like Take.
   std::shared_ptr<std::vector<uint8_t>> TakeReady(size_t n);
@@ -71,24 +87,42 @@ class PutBuffers {
   Stats stats() const;
 
   // A fresh buffer of n bytes (zeros), its pages mapped in one call where the kernel
-  // supports it (MADV_POPULATE_WRITE, Linux 5.14) rather than one fault per page.
+  // supports it (MADV_POPULATE_WRITE, Linux 5.14) rather than one fault per page. Not
+  // recycled.
   static std::shared_ptr<std::vector<uint8_t>> Allocate(size_t n);
 
  private:
+  // Everything the background thread and returning buffers touch; shared with the
+  // buffers' deleters, which may run after the PutBuffers is gone.
+  struct State {
+    explicit State(const Options& o) : options(o) {}
+    const Options options;
+    absl::Mutex mu;
+    bool stop ABSL_GUARDED_BY(mu) = false;
+    size_t hot ABSL_GUARDED_BY(mu) = 0;        // size being prepared (0: none)
+    size_t target ABSL_GUARDED_BY(mu) = 0;     // buffers of `hot` to keep ready
+    size_t candidate ABSL_GUARDED_BY(mu) = 0;  // last size that missed
+    std::deque<std::shared_ptr<std::vector<uint8_t>>> ready ABSL_GUARDED_BY(mu);
+    Stats stats ABSL_GUARDED_BY(mu);
+  };
+
   void Run();
-  size_t TargetFor(size_t n) const;
+  static size_t TargetFor(const Options& o, size_t n);
   // The prepared buffer for n or null; updates the hot size and stats (`allocated` counts
   // a miss when `counts_allocation`).
   std::shared_ptr<std::vector<uint8_t>> TakePrepared(size_t n, bool counts_allocation);
+  static std::unique_ptr<std::vector<uint8_t>> AllocateVector(size_t n);
+  // v as a handed-out buffer: one that comes back when dropped (options.recycle), or not.
+  std::shared_ptr<std::vector<uint8_t>> Owned(std::unique_ptr<std::vector<uint8_t>> v);
+  // `v` (new'd) as a buffer that returns to `state` when its last reference is dropped.
+  static std::shared_ptr<std::vector<uint8_t>> Own(std::vector<uint8_t>* v,
+                                                   const std::shared_ptr<State>& state);
+  // The deleter of Own: keeps `v` in state->ready when it has the hot size and there is
+  // room, else frees it. Never called with state->mu held (buffers are released outside
+  // the lock).
+  static void Return(const std::weak_ptr<State>& state, std::vector<uint8_t>* v);
 
-  const Options options_;
-  mutable absl::Mutex mu_;
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  size_t hot_ ABSL_GUARDED_BY(mu_) = 0;        // size being prepared (0: none)
-  size_t target_ ABSL_GUARDED_BY(mu_) = 0;     // buffers of hot_ to keep ready
-  size_t candidate_ ABSL_GUARDED_BY(mu_) = 0;  // last size that missed
-  std::deque<std::shared_ptr<std::vector<uint8_t>>> ready_ ABSL_GUARDED_BY(mu_);
-  Stats stats_ ABSL_GUARDED_BY(mu_);
+  const std::shared_ptr<State> state_;
   std::thread thread_;
 };
 

@@ -36,9 +36,11 @@ TEST(PutBuffersTest, AllocateGivesExactlyNZeroBytes) {
   }
 }
 
+// Preparation alone (recycling off: the buffers dropped here would otherwise come back).
 TEST(PutBuffersTest, RepeatedSizeIsServedFromPreparedBuffers) {
   PutBuffers::Options o;
   o.ready = 3;
+  o.recycle = false;
   PutBuffers b(o);
   const size_t n = 4 * kMiB + 960;
   // The first two takes of a size allocate (the second one makes it the hot size).
@@ -61,6 +63,7 @@ TEST(PutBuffersTest, RepeatedSizeIsServedFromPreparedBuffers) {
 TEST(PutBuffersTest, OneOffSizesDoNotDisplaceTheHotSize) {
   PutBuffers::Options o;
   o.ready = 2;
+  o.recycle = false;
   PutBuffers b(o);
   const size_t hot = 1 * kMiB, other = 2 * kMiB;
   b.Take(hot);
@@ -106,6 +109,7 @@ TEST(PutBuffersTest, TakeReadyNeverAllocates) {
 TEST(PutBuffersTest, SmallLargeAndDisabledAreNeverPrepared) {
   PutBuffers::Options o;
   o.ready = 4;
+  o.recycle = false;
   o.min_bytes = kMiB;
   o.max_ready_bytes = 8 * kMiB;
   PutBuffers b(o);
@@ -157,6 +161,76 @@ TEST(PutBuffersTest, ConcurrentTakesAndDestructionWhileBuffersAreOut) {
   }
   // Buffers taken before the pool was destroyed stay valid.
   for (const auto& buf : kept) EXPECT_GE(buf->size(), 512u * 1024);
+}
+
+// A dropped buffer of the hot size comes back (same memory, old bytes, nothing zeroed)
+// while fewer than `ready` wait; other sizes, a full queue, or a destroyed pool free it.
+TEST(PutBuffersTest, DroppedBuffersOfTheHotSizeComeBackWithoutZeroing) {
+  PutBuffers::Options o;
+  o.ready = 2;
+  o.prepare = false;  // only returns fill the queue: deterministic
+  auto b = std::make_unique<PutBuffers>(o);
+  const size_t n = 1 * kMiB + 64;
+  std::vector<std::shared_ptr<std::vector<uint8_t>>> held;
+  for (int i = 0; i < 4; ++i) held.push_back(b->Take(n));  // n is hot from the second
+  EXPECT_EQ(b->stats().allocated, 4u);
+  std::vector<const uint8_t*> dropped;
+  for (int i = 0; i < 2; ++i) {
+    std::fill(held[i]->begin(), held[i]->end(), static_cast<uint8_t>(0xA0 + i));
+    dropped.push_back(held[i]->data());
+  }
+  held.erase(held.begin(), held.begin() + 2);  // both come back
+  EXPECT_EQ(b->stats().recycled, 2u);
+  for (int i = 0; i < 2; ++i) {
+    auto again = b->Take(n);
+    ASSERT_EQ(again->size(), n);
+    EXPECT_EQ(again->data(), dropped[i]) << "not the same memory";
+    EXPECT_EQ((*again)[n / 2], static_cast<uint8_t>(0xA0 + i)) << "contents were touched";
+    held.push_back(std::move(again));
+  }
+  EXPECT_EQ(b->stats().taken_ready, 2u);
+  EXPECT_EQ(b->stats().allocated, 4u);
+  // At most `ready` wait; further drops are freed.
+  held.clear();  // 4 buffers
+  EXPECT_EQ(b->stats().recycled, 4u);
+  EXPECT_NE(b->TakeReady(n), nullptr);
+  // Another size is never kept.
+  b->Take(3 * kMiB).reset();
+  EXPECT_EQ(b->stats().recycled, 5u);  // only the TakeReady one above came back
+  // Buffers out when the pool goes away stay valid and are freed when dropped.
+  auto out = b->Take(n);
+  b.reset();
+  std::fill(out->begin(), out->end(), uint8_t{7});
+  out.reset();
+}
+
+// Many threads taking, filling and dropping one size: a buffer is never handed to two
+// holders at once (each holder's pattern survives until it drops it).
+TEST(PutBuffersTest, RecycledBuffersHaveOneHolderAtATime) {
+  PutBuffers::Options o;
+  o.ready = 3;
+  PutBuffers b(o);
+  const size_t n = 512 * size_t{1024};
+  std::atomic<int> bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 200; ++i) {
+        auto buf = b.Take(n);
+        const auto tag = static_cast<uint8_t>(t * 50 + i % 50);
+        (*buf)[0] = tag;
+        (*buf)[n / 2] = tag;
+        (*buf)[n - 1] = tag;
+        std::this_thread::yield();
+        if ((*buf)[0] != tag || (*buf)[n / 2] != tag || (*buf)[n - 1] != tag) bad++;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(bad.load(), 0);
+  PutBuffers::Stats s = b.stats();
+  EXPECT_EQ(s.taken_ready + s.allocated, 800u);
+  EXPECT_GT(s.recycled, 0u);
 }
 
 }  // namespace

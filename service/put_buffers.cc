@@ -6,7 +6,15 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/time/clock.h"
+
 namespace kvtier::service {
+namespace {
+
+// How long after a buffer came back the background thread leaves refilling to returns.
+constexpr absl::Duration kRecycleGrace = absl::Milliseconds(20);
+
+}  // namespace
 
 std::shared_ptr<std::vector<uint8_t>> PutBuffers::Allocate(size_t n) {
   return std::shared_ptr<std::vector<uint8_t>>(AllocateVector(n).release());
@@ -54,6 +62,7 @@ void PutBuffers::Return(const std::weak_ptr<State>& weak, std::vector<uint8_t>* 
     if (!state->stop && v->size() == state->hot && state->ready.size() < state->target) {
       state->ready.push_back(Own(v, state));  // a new owner; no buffer is released here
       state->stats.recycled++;
+      state->last_recycle = absl::Now();
       return;
     }
   }
@@ -135,6 +144,18 @@ void PutBuffers::Run() {
         },
         &st));
     if (st.stop) return;
+    // While evicted buffers are coming back (a full store), they refill the queue: only
+    // prepare a new one when the queue ran dry or returns stopped, rather than allocating
+    // and zeroing buffers that the returns would then find no room for.
+    if (!st.ready.empty() && absl::Now() - st.last_recycle < kRecycleGrace) {
+      st.mu.AwaitWithTimeout(absl::Condition(
+                                 +[](State* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu) {
+                                   return s->stop || s->ready.empty();
+                                 },
+                                 &st),
+                             kRecycleGrace);
+      continue;
+    }
     const size_t n = st.hot;
     st.mu.Unlock();
     std::shared_ptr<std::vector<uint8_t>> buf = Owned(AllocateVector(n));

@@ -39,6 +39,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 namespace kvtier::service {
 
@@ -104,6 +105,7 @@ class PutBuffers {
     size_t candidate ABSL_GUARDED_BY(mu) = 0;  // last size that missed
     std::deque<std::shared_ptr<std::vector<uint8_t>>> ready ABSL_GUARDED_BY(mu);
     Stats stats ABSL_GUARDED_BY(mu);
+    absl::Time last_recycle ABSL_GUARDED_BY(mu) = absl::InfinitePast();
   };
 
   void Run();

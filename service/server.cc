@@ -992,6 +992,7 @@ class ServerImpl final : public Server {
     uo.port = static_cast<uint16_t>(o.ucx_port);
     uo.max_chain_length = o.limits.max_chain_length;
     uo.ready_put_buffers = o.ready_put_buffers;
+    uo.max_inflight_put_bytes = o.ucx_max_inflight_put_bytes;
     // RAM only: a Get is a memory lookup, cheaper than the hand-off to a store thread.
     uo.inline_gets = o.store.disk_path.empty();
     uo.drain_timeout = o.drain_timeout;

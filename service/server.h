@@ -55,6 +55,9 @@ struct ServerOptions {
   // faults then stay off the receiving threads. Holds up to this many buffers (at most
   // 64 MiB) per transport outside the store's capacity; 0 disables it. Default: 4.
   int ready_put_buffers = 4;
+  // UCX Put payload bytes received at once; more puts wait in arrival order
+  // (UcxDataPlaneOptions::max_inflight_put_bytes). Default: 32 MiB.
+  uint64_t ucx_max_inflight_put_bytes = uint64_t{32} << 20;
   // Time the UCX data plane gives requests already received when it stops (the gRPC side
   // takes its timeout from Drain). Default: 20 s.
   absl::Duration drain_timeout = absl::Seconds(20);

@@ -38,6 +38,9 @@ ABSL_FLAG(int, max_concurrent_streams, 1024, "concurrent streaming RPCs");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(20),
           "time in-flight requests get after SIGTERM");
 ABSL_FLAG(absl::Duration, ucx_session_ttl, absl::Hours(1), "lifetime of a UCX session token");
+ABSL_FLAG(std::string, ucx_max_inflight_put_bytes, "32MiB",
+          "UCX Put payload bytes received at once; further puts wait, first come first "
+          "served (a larger one is still received alone)");
 ABSL_FLAG(bool, reserve_memory, false,
           "map --memory_capacity of heap at start, in transparent huge pages where the kernel "
           "gives them: Puts then never fault in fresh memory and UCX Gets read huge pages "
@@ -89,6 +92,11 @@ int main(int argc, char** argv) {
     return Fail("--max_chain_length, --max_blocks_per_put, --max_concurrent_streams must be > 0");
   }
   if (*msg < (uint64_t{64} << 10)) return Fail("--max_message_bytes must be at least 64KiB");
+  auto inflight = kvtier::service::ParseByteSize(absl::GetFlag(FLAGS_ucx_max_inflight_put_bytes));
+  if (!inflight.ok() || *inflight == 0) {
+    return Fail(absl::StrCat("--ucx_max_inflight_put_bytes: ",
+                             inflight.ok() ? "must be > 0" : inflight.status().message()));
+  }
   o.store.memory_capacity_bytes = *mem;
   o.store.disk_capacity_bytes = *disk;
   o.store.disk_path = absl::GetFlag(FLAGS_data_dir);
@@ -104,6 +112,7 @@ int main(int argc, char** argv) {
   o.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
   o.ucx_session_ttl = absl::GetFlag(FLAGS_ucx_session_ttl);
   o.ready_put_buffers = absl::GetFlag(FLAGS_ready_put_buffers);
+  o.ucx_max_inflight_put_bytes = *inflight;
   const absl::Duration drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
   o.drain_timeout = drain_timeout;
 
@@ -131,6 +140,7 @@ int main(int argc, char** argv) {
   dump("drain_timeout", absl::FormatDuration(drain_timeout));
   dump("ucx_session_ttl", absl::FormatDuration(o.ucx_session_ttl));
   dump("ready_put_buffers", absl::StrCat(o.ready_put_buffers));
+  dump("ucx_max_inflight_put_bytes", absl::StrCat(o.ucx_max_inflight_put_bytes));
   dump("reserve_memory", absl::GetFlag(FLAGS_reserve_memory) ? "true" : "false");
 
   if (absl::GetFlag(FLAGS_reserve_memory)) {

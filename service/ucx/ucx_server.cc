@@ -279,6 +279,7 @@ class UcxDataPlane::Impl {
     st.rejected_before_receive = rejected_before_receive_.load();
     st.inline_gets = inline_gets_.load();
     st.get_pieces = get_pieces_.load();
+    st.puts_queued = puts_queued_.load();
     if (put_buffers_ != nullptr) {
       const PutBuffers::Stats b = put_buffers_->stats();
       st.put_buffers_ready = b.taken_ready;
@@ -430,13 +431,14 @@ class UcxDataPlane::Impl {
     to_close_.swap(keep);
   }
 
-  // Starts queued rendezvous puts while the budget allows (`all`: every one); puts of failed
-  // endpoints start at once (they only release their descriptor).
+  // Starts queued rendezvous puts in arrival order while the budget allows (`all`: every
+  // one); puts of failed endpoints start at once wherever they are (they only release
+  // their descriptor).
   void StartWaitingPuts(bool all) {
+    bool blocked = false;  // an earlier put did not fit: later ones wait behind it
     for (auto it = waiting_puts_.begin(); it != waiting_puts_.end();) {
-      bool fits = inflight_put_bytes_ == 0 ||
-                  inflight_put_bytes_ + it->bytes <= options_.max_inflight_put_bytes;
-      if (all || fits || it->conn->failed) {
+      blocked = blocked || !PutFits(it->bytes);
+      if (all || !blocked || it->conn->failed) {
         auto start = std::move(it->start);
         it = waiting_puts_.erase(it);
         start();
@@ -444,6 +446,10 @@ class UcxDataPlane::Impl {
         ++it;
       }
     }
+  }
+
+  bool PutFits(uint64_t n) const {
+    return inflight_put_bytes_ == 0 || inflight_put_bytes_ + n <= options_.max_inflight_put_bytes;
   }
 
   void Accept(ucp_conn_request_h conn_request) {
@@ -822,9 +828,11 @@ class UcxDataPlane::Impl {
                     }
                   });
     };
-    if (inflight_put_bytes_ == 0 || inflight_put_bytes_ + n <= options_.max_inflight_put_bytes) {
+    // First come, first served: a put that fits the budget still waits behind queued ones.
+    if (waiting_puts_.empty() && PutFits(n)) {
       start();
     } else {
+      puts_queued_.fetch_add(1, std::memory_order_relaxed);
       waiting_puts_.push_back(WaitingPut{n, req->conn, std::move(start)});
     }
   }
@@ -950,6 +958,7 @@ class UcxDataPlane::Impl {
   std::atomic<uint64_t> rejected_before_receive_{0};
   std::atomic<uint64_t> inline_gets_{0};
   std::atomic<uint64_t> get_pieces_{0};
+  std::atomic<uint64_t> puts_queued_{0};
 };
 
 UcxDataPlane::UcxDataPlane(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

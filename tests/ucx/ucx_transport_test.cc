@@ -512,15 +512,18 @@ TEST_P(UcxTransportTest, PutMemoryBudgetQueuesRendezvousPutsInsteadOfFailing) {
   ASSERT_NE(c, nullptr);
   std::vector<Payload> payloads;
   for (int i = 0; i < 6; ++i) payloads.push_back(ucx_test::PayloadOfAtLeast(60 + i, 2 << 20));
-  std::atomic<int> ok{0};
+  std::atomic<int> ok{0}, ready{0};
   std::vector<std::thread> threads;
   for (int i = 0; i < 6; ++i) {
     threads.emplace_back([&, i] {
+      ready++;
+      while (ready.load() < 6) std::this_thread::yield();  // all six at once
       if (c->Put(kNs, H(i), 0, payloads[i]->data(), payloads[i]->size()).ok()) ok++;
     });
   }
   for (auto& t : threads) t.join();
   EXPECT_EQ(ok.load(), 6);
+  EXPECT_GE(server_->stats().puts_queued, 1u);
   std::vector<ChainHash> chain;
   for (int i = 0; i < 6; ++i) chain.push_back(H(i));
   auto got = c->Get(kNs, 0, chain);

@@ -118,8 +118,9 @@ std::shared_ptr<std::vector<uint8_t>> PutBuffers::TakePrepared(size_t n, bool co
   return nullptr;
 }
 
-std::shared_ptr<std::vector<uint8_t>> PutBuffers::Take(size_t n) {
+std::shared_ptr<std::vector<uint8_t>> PutBuffers::Take(size_t n, bool* from_ready) {
   std::shared_ptr<std::vector<uint8_t>> buf = TakePrepared(n, /*counts_allocation=*/true);
+  if (from_ready != nullptr) *from_ready = buf != nullptr;
   if (buf != nullptr) return buf;
   return Owned(AllocateVector(n));
 }

@@ -26,7 +26,9 @@
 // among others does not make the thread throw away what it prepared). Sizes below
 // `min_bytes`, or whose `ready` buffers would exceed `max_ready_bytes`, are never prepared.
 //
-// Thread-safe: Take and stats from any thread.
+// Thread-safe: Take and stats from any thread; one pool may serve several receivers (the
+// server's gRPC and UCX Put paths share one, so that buffers freed by either come back to
+// both).
 #ifndef KVTIER_SERVICE_PUT_BUFFERS_H_
 #define KVTIER_SERVICE_PUT_BUFFERS_H_
 
@@ -78,7 +80,8 @@ class PutBuffers {
                   // recycled, when dropped)
 
   // A buffer of exactly n bytes (contents unspecified: see the file comment).
-  std::shared_ptr<std::vector<uint8_t>> Take(size_t n);
+  // *from_ready (when given) says whether it was a prepared or recycled one.
+  std::shared_ptr<std::vector<uint8_t>> Take(size_t n, bool* from_ready = nullptr);
 
   // A prepared buffer of exactly n bytes (contents unspecified), or null when none is ready; never
   // allocates (for callers that must not commit memory on a size a peer merely announced).

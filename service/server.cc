@@ -161,8 +161,11 @@ struct State {
   std::atomic<int> inflight{0};  // requests between RequestScope start and Done
   std::atomic<bool> draining{false};
   absl::Time start_time = absl::Now();
-  // Put payload buffers prepared ahead (set before the gRPC server starts).
+  // Put payload buffers prepared ahead and recycled, shared by the gRPC and UCX Put paths
+  // (set before either starts); gRPC's takes from it, by outcome.
   std::unique_ptr<PutBuffers> put_buffers;
+  std::atomic<uint64_t> grpc_put_buffers_ready{0};
+  std::atomic<uint64_t> grpc_put_buffers_not_ready{0};
 };
 
 absl::StatusOr<Grant> Authenticate(State* st, grpc::CallbackServerContext* ctx) {
@@ -376,7 +379,11 @@ class PutReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     // A prepared buffer only if one is ready (TakeReady never allocates). Otherwise reserve
     // at most 16 MiB on the declared size; beyond that the buffer grows with the chunks
     // actually received (a hostile header cannot make the server commit memory).
-    if (st_->put_buffers != nullptr) b.prepared = st_->put_buffers->TakeReady(h.payload_bytes());
+    if (st_->put_buffers != nullptr) {
+      b.prepared = st_->put_buffers->TakeReady(h.payload_bytes());
+      (b.prepared != nullptr ? st_->grpc_put_buffers_ready : st_->grpc_put_buffers_not_ready)
+          .fetch_add(1, std::memory_order_relaxed);
+    }
     if (b.prepared == nullptr) {
       b.data.reserve(std::min<uint64_t>(h.payload_bytes(), uint64_t{16} << 20));
     }
@@ -933,9 +940,10 @@ class ServerImpl final : public Server {
       m.corrupt_dropped.Set({}, static_cast<double>(s.corrupt_dropped));
     }
     if (st_.put_buffers != nullptr) {
-      const PutBuffers::Stats b = st_.put_buffers->stats();
-      st_.metrics.put_buffers.Set({"grpc", "prepared"}, static_cast<double>(b.taken_ready));
-      st_.metrics.put_buffers.Set({"grpc", "allocated"}, static_cast<double>(b.not_ready));
+      st_.metrics.put_buffers.Set({"grpc", "prepared"},
+                                  static_cast<double>(st_.grpc_put_buffers_ready.load()));
+      st_.metrics.put_buffers.Set({"grpc", "allocated"},
+                                  static_cast<double>(st_.grpc_put_buffers_not_ready.load()));
     }
 #ifdef KVTIER_HAVE_UCX_DATA_PLANE
     if (ucx_ != nullptr) {
@@ -992,6 +1000,7 @@ class ServerImpl final : public Server {
     uo.port = static_cast<uint16_t>(o.ucx_port);
     uo.max_chain_length = o.limits.max_chain_length;
     uo.ready_put_buffers = o.ready_put_buffers;
+    uo.put_buffers = st_.put_buffers.get();  // one pool for both Put paths
     uo.max_inflight_put_bytes = o.ucx_max_inflight_put_bytes;
     // RAM only: a Get is a memory lookup, cheaper than the hand-off to a store thread.
     uo.inline_gets = o.store.disk_path.empty();

@@ -177,9 +177,14 @@ class UcxDataPlane::Impl {
       return absl::InvalidArgumentError("ready_put_buffers must not be negative");
     }
     if (options_.store_threads > 0) pool_ = std::make_unique<StorePool>(options_.store_threads);
-    PutBuffers::Options bo;
-    bo.ready = options_.ready_put_buffers;
-    put_buffers_ = std::make_unique<PutBuffers>(bo);
+    if (options_.put_buffers != nullptr) {
+      put_buffers_ = options_.put_buffers;
+    } else {
+      PutBuffers::Options bo;
+      bo.ready = options_.ready_put_buffers;
+      own_put_buffers_ = std::make_unique<PutBuffers>(bo);
+      put_buffers_ = own_put_buffers_.get();
+    }
     socklen_t addr_len = 0;
     KVTIER_ASSIGN_OR_RETURN(sockaddr_storage addr,
                             ParseAddress(options_.listen_address, options_.port, &addr_len));
@@ -280,11 +285,8 @@ class UcxDataPlane::Impl {
     st.inline_gets = inline_gets_.load();
     st.get_pieces = get_pieces_.load();
     st.puts_queued = puts_queued_.load();
-    if (put_buffers_ != nullptr) {
-      const PutBuffers::Stats b = put_buffers_->stats();
-      st.put_buffers_ready = b.taken_ready;
-      st.put_buffers_allocated = b.allocated;
-    }
+    st.put_buffers_ready = put_buffers_ready_.load();
+    st.put_buffers_allocated = put_buffers_allocated_.load();
     return st;
   }
 
@@ -816,7 +818,9 @@ class UcxDataPlane::Impl {
     job.rndv_desc = nullptr;
     auto start = [this, req, key = std::move(key), desc, n]() mutable {
       inflight_put_bytes_ += n;
-      std::shared_ptr<std::vector<uint8_t>> buf = put_buffers_->Take(n);
+      bool ready = false;
+      std::shared_ptr<std::vector<uint8_t>> buf = put_buffers_->Take(n, &ready);
+      (ready ? put_buffers_ready_ : put_buffers_allocated_).fetch_add(1, std::memory_order_relaxed);
       ReceiveRndv(*req->conn, desc, buf->data(), n,
                   [this, req, key = std::move(key), buf, n](absl::Status s) mutable {
                     if (s.ok()) {
@@ -943,8 +947,11 @@ class UcxDataPlane::Impl {
   };
   std::deque<WaitingPut> waiting_puts_;  // rendezvous puts waiting for budget
 
-  std::unique_ptr<StorePool> pool_;          // null: store calls run inline on the loop thread
-  std::unique_ptr<PutBuffers> put_buffers_;  // set in Start, before the loop runs
+  std::unique_ptr<StorePool> pool_;              // null: store calls run inline on the loop thread
+  std::unique_ptr<PutBuffers> own_put_buffers_;  // when options_.put_buffers is null
+  PutBuffers* put_buffers_ = nullptr;            // set in Start, before the loop runs
+  std::atomic<uint64_t> put_buffers_ready_{0};
+  std::atomic<uint64_t> put_buffers_allocated_{0};
   absl::Mutex completions_mu_;
   // Continuations of store calls finished on the pool, run by OnIteration.
   std::deque<absl::AnyInvocable<void()>> completions_ ABSL_GUARDED_BY(completions_mu_);

@@ -41,6 +41,8 @@
 
 namespace kvtier::service {
 
+class PutBuffers;
+
 // Callbacks into the rest of the server. Each may be empty. All run on the loop thread.
 struct UcxHooks {
   // Checks a session token's right to read (write=false) or write namespace `ns`; returns
@@ -105,6 +107,11 @@ struct UcxDataPlaneOptions {
   // and pre-faulted) for the size most puts have, so the loop thread does not take the page
   // faults of fresh memory (service/put_buffers.h); 0 disables the thread. Default: 4.
   int ready_put_buffers = 4;
+  // A put buffer pool to share (borrowed; must outlive the data plane), e.g. the one of
+  // kvtier-server's gRPC Put path, so that a buffer freed by either path comes back to
+  // both; ready_put_buffers is then not used. Null: the data plane has its own. Default:
+  // null.
+  PutBuffers* put_buffers = nullptr;
   // Tests only: makes Get answers sent in pieces misbehave, to check that the client
   // never returns wrong bytes. kFlipBit sends piece 1 of every hit from a copy with one
   // bit flipped; kSkipPiece leaves piece 1 out (later pieces' offsets then jump);

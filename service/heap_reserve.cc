@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 
 namespace kvtier::service {
@@ -20,15 +21,15 @@ namespace {
 constexpr uintptr_t kPage = 4096;
 constexpr uintptr_t kHugePage = uintptr_t{2} << 20;
 
-// AnonHugePages of this process in bytes (0 when unknown).
-uint64_t AnonHugePageBytes() {
-  FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
+// The value of the "<field>: <n> kB" line of a /proc file, in bytes; 0 when absent.
+uint64_t ProcKiBField(const char* path, absl::string_view field) {
+  FILE* f = std::fopen(path, "r");
   if (f == nullptr) return 0;
   char line[256];
   uint64_t kib = 0;
   while (std::fgets(line, sizeof(line), f) != nullptr) {
-    if (std::strncmp(line, "AnonHugePages:", 14) == 0) {
-      kib = std::strtoull(line + 14, nullptr, 10);
+    if (std::strncmp(line, field.data(), field.size()) == 0 && line[field.size()] == ':') {
+      kib = std::strtoull(line + field.size() + 1, nullptr, 10);
       break;
     }
   }
@@ -45,19 +46,10 @@ void Populate(uintptr_t begin, uintptr_t end) {
   for (uintptr_t p = begin; p < end; p += kPage) *reinterpret_cast<volatile char*>(p) = 0;
 }
 
-// MemAvailable from /proc/meminfo in bytes; else the physical memory; 0 when unknown.
+// MemAvailable in bytes; else the physical memory; 0 when unknown.
 uint64_t AvailableBytes() {
-  if (FILE* f = std::fopen("/proc/meminfo", "r")) {
-    char line[256];
-    uint64_t kib = 0;
-    while (std::fgets(line, sizeof(line), f) != nullptr) {
-      if (std::strncmp(line, "MemAvailable:", 13) == 0) {
-        kib = std::strtoull(line + 13, nullptr, 10);
-        break;
-      }
-    }
-    std::fclose(f);
-    if (kib > 0) return kib << 10;
+  if (uint64_t available = ProcKiBField("/proc/meminfo", "MemAvailable"); available > 0) {
+    return available;
   }
   const long pages = sysconf(_SC_PHYS_PAGES);
   return pages > 0 ? static_cast<uint64_t>(pages) * kPage : 0;
@@ -126,7 +118,7 @@ absl::StatusOr<HeapReserve> ReserveHeap(uint64_t bytes, bool huge_pages) {
   for (void* p : chunks) std::free(p);
   if (!failed.ok()) return failed;
   r.bytes = got;
-  r.huge_page_bytes = AnonHugePageBytes();
+  r.huge_page_bytes = ProcKiBField("/proc/self/smaps_rollup", "AnonHugePages");
   r.took = absl::Now() - start;
   return r;
 }

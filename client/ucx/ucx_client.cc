@@ -69,6 +69,7 @@ class UcxConnection::Impl {
     uint64_t id = 0;
     Kind kind = Kind::kLookup;
     absl::Time deadline;
+    absl::Time started;         // when the caller shipped it
     std::string request_bytes;  // the serialized UcxRequest, alive until the send completes
     const uint8_t* data = nullptr;
     size_t data_bytes = 0;
@@ -124,7 +125,9 @@ class UcxConnection::Impl {
     std::memcpy(&addr, res->ai_addr, res->ai_addrlen);
     freeaddrinfo(res);
 
-    KVTIER_ASSIGN_OR_RETURN(loop_, ucx::UcxLoop::Start(options_.loop, [this] { OnIteration(); }));
+    ucx::UcxLoopOptions lo = options_.loop;
+    if (!lo.busy_poll_if) lo.busy_poll_if = [this] { return SpinWorthIt(); };
+    KVTIER_ASSIGN_OR_RETURN(loop_, ucx::UcxLoop::Start(lo, [this] { OnIteration(); }));
     return loop_->Call([&]() -> absl::Status {
       ucp_am_handler_param_t am{};
       am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
@@ -251,7 +254,8 @@ class UcxConnection::Impl {
       return false;
     }
     if (timeout == absl::ZeroDuration()) timeout = options_.request_timeout;
-    p->deadline = absl::Now() + timeout;
+    p->started = absl::Now();
+    p->deadline = p->started + timeout;
     absl::ReaderMutexLock lock(&close_mu_);
     if (broken_.load() || loop_ == nullptr || !loop_->Post([this, p] { Start(p); })) {
       p->status = absl::UnavailableError("UCX connection is closed");
@@ -370,6 +374,15 @@ class UcxConnection::Impl {
   };
 
   // ---- loop thread ----
+
+  // Whether the loop should busy-poll after activity: only while answers come back fast.
+  // A connection whose requests wait in a busy server's queue for milliseconds (many
+  // clients) would burn a CPU polling for nothing, and with many connections in one
+  // process those CPUs are the server's or the other connections'. 4 MiB UCX puts at 64
+  // clients on the 2-vCPU VM: 4.4-4.9 GB/s always polling, 5.3-5.8 never; at 1 client
+  // polling saves a wake-up per request (Lookup p50 0.20 vs 0.24 ms).
+  bool SpinWorthIt() const { return answer_us_ < kSpinAnswerUs; }
+  static constexpr double kSpinAnswerUs = 1000;
 
   void Start(const std::shared_ptr<Pending>& p) {
     if (broken_ || ep_ == nullptr) {
@@ -681,7 +694,12 @@ class UcxConnection::Impl {
       }
     }
     p->completed = true;
-    if (p->registered) pending_.erase(p->id);
+    if (p->registered) {
+      pending_.erase(p->id);
+      // Moving average of the answer time (1/8 weight per request), for SpinWorthIt.
+      const double us = absl::ToDoubleMicroseconds(absl::Now() - p->started);
+      answer_us_ += (us - answer_us_) / 8;
+    }
     Finish(*p);
   }
 
@@ -751,6 +769,7 @@ class UcxConnection::Impl {
   bool deferred_close_ = false;
   std::unordered_map<uint64_t, std::shared_ptr<Pending>> pending_;
   ucs_status_t connect_flush_ = UCS_OK;  // written by the flush callback of Connect
+  double answer_us_ = 0;                 // moving average of request answer times
   absl::Time next_deadline_check_ = absl::InfinitePast();
 };
 

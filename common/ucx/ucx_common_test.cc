@@ -112,5 +112,26 @@ TEST(UcxLoopTest, PostFromManyThreadsWhileSleeping) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(4));
 }
 
+// busy_poll_if: while it says no, the loop sleeps as soon as it is idle (tasks still run,
+// promptly); while it says yes, it polls for busy_poll after each activity.
+TEST(UcxLoopTest, BusyPollOnlyWhileThePredicateSaysSo) {
+  std::atomic<bool> spin{false};
+  UcxLoopOptions o = TcpOptions();
+  o.busy_poll = absl::Milliseconds(20);
+  o.busy_poll_if = [&] { return spin.load(); };
+  auto loop_or = UcxLoop::Start(o, nullptr);
+  ASSERT_TRUE(loop_or.ok()) << loop_or.status();
+  std::unique_ptr<UcxLoop> loop = std::move(*loop_or);
+  const absl::Time start = absl::Now();
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(loop->Call([] { return absl::OkStatus(); }).ok());
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(loop->busy_polls(), 0u) << "polled although the predicate said no";
+  spin = true;
+  ASSERT_TRUE(loop->Call([] { return absl::OkStatus(); }).ok());
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_GT(loop->busy_polls(), 10u) << "did not poll after activity";
+}
+
 }  // namespace
 }  // namespace kvtier::ucx

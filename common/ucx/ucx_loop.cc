@@ -148,7 +148,11 @@ void UcxLoop::Main(absl::Status* init_status, absl::Notification* init_done) {
       last_active = now;
       continue;
     }
-    if (now - last_active < options_.busy_poll) continue;
+    if (now - last_active < options_.busy_poll &&
+        (!options_.busy_poll_if || options_.busy_poll_if())) {
+      busy_polls_.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
     ucs_status_t s = ucp_worker_arm(worker_);
     if (s == UCS_ERR_BUSY) continue;  // events arrived meanwhile: progress again
     {

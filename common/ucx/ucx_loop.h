@@ -66,6 +66,10 @@ struct UcxLoopOptions {
   // How long the loop keeps polling the worker after its last activity before it sleeps
   // on the event fd. Longer buys latency with CPU. Default: 50 us.
   absl::Duration busy_poll = absl::Microseconds(50);
+  // When set, the loop busy-polls (as above) only while this returns true; otherwise it
+  // sleeps as soon as it is idle. Called on the loop thread when idle; must be cheap.
+  // Default: unset (always busy-poll).
+  std::function<bool()> busy_poll_if;
   // Longest sleep between two runs of the iteration hook (bounds timer latency of the
   // owner, e.g. deadline checks). Default: 5 ms.
   absl::Duration max_sleep = absl::Milliseconds(5);
@@ -125,6 +129,9 @@ class UcxLoop {
   // Makes the loop run an iteration soon (e.g. after state read by the hook changed).
   void Wake();
 
+  // Idle rounds spent busy-polling so far (for tests and benchmarks). Any thread.
+  uint64_t busy_polls() const { return busy_polls_.load(std::memory_order_relaxed); }
+
   // Loop thread only, and never from inside a UCX callback: progresses the worker (and runs
   // the iteration hook, not posted tasks) until `done()` or `timeout`. Returns whether
   // done() became true.
@@ -154,6 +161,7 @@ class UcxLoop {
   std::thread thread_;
 
   std::atomic<bool> stop_requested_{false};
+  std::atomic<uint64_t> busy_polls_{0};
   absl::Mutex stop_mu_;  // serializes Stop callers
 
   absl::Mutex mu_;

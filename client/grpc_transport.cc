@@ -12,7 +12,6 @@
 #include "client/transport.h"
 #include "client/transport_internal.h"
 #include "kernels/payload.h"
-#include "kernels/xxh3.h"
 #include "kvtier/v1/kvtier.grpc.pb.h"
 #include "proto/kvtier/v1/wire.h"
 
@@ -186,12 +185,7 @@ class GetCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
  public:
   GetCall(grpc::ClientContext* ctx, const grpc::ByteBuffer* request, size_t n,
           const std::string& endpoint)
-      : ctx_(ctx),
-        request_(request),
-        results_(n),
-        endpoint_(endpoint),
-        body_hash_(XXH3_createState()) {}
-  ~GetCall() override { XXH3_freeState(body_hash_); }
+      : ctx_(ctx), request_(request), results_(n), endpoint_(endpoint) {}
   GetCall(const GetCall&) = delete;
   GetCall& operator=(const GetCall&) = delete;
   void Begin() {
@@ -276,10 +270,7 @@ class GetCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
         r.payload.clear();
         r.payload.reserve(expected_);
         in_block_ = true;
-        if (body_hash_ == nullptr || XXH3_64bits_reset(body_hash_) != XXH_OK) {
-          return absl::ResourceExhaustedError("cannot allocate a checksum state");
-        }
-        hashed_ = kernels::kPayloadHeaderBytes;
+        validator_.Reset();
         return absl::OkStatus();
       case v1::GetResponse::kChunk: {
         grpc::Slice one(m.chunk());
@@ -312,16 +303,9 @@ class GetCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
       n -= take;
       offset = 0;
     }
-    if (r.payload.size() > hashed_) {  // the body bytes of this chunk, while in cache
-      XXH3_64bits_update(body_hash_, r.payload.data() + hashed_, r.payload.size() - hashed_);
-      hashed_ = r.payload.size();
-    }
+    validator_.Update(r.payload);  // the body bytes of this chunk, while in cache
     if (r.payload.size() == expected_) {
-      absl::StatusOr<kernels::PayloadHeader> h = kernels::ParseHeader(r.payload);
-      absl::Status valid = !h.ok() ? h.status()
-                           : XXH3_64bits_digest(body_hash_) != h->body_xxh3
-                               ? absl::DataLossError("block payload checksum mismatch")
-                               : absl::OkStatus();
+      const absl::Status valid = validator_.Finish(r.payload);
       if (valid.ok()) {
         r.hit = true;
       } else {
@@ -345,8 +329,7 @@ class GetCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
   size_t next_ = 0;
   bool in_block_ = false;
   uint64_t expected_ = 0;
-  XXH3_state_t* const body_hash_;  // XXH3-64 of the current block's body, so far
-  size_t hashed_ = 0;              // payload bytes of the current block hashed so far
+  kernels::IncrementalValidator validator_;  // the current block's checks, so far
   absl::Status protocol_;
   absl::Mutex mu_;
   bool done_ ABSL_GUARDED_BY(mu_) = false;

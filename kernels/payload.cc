@@ -219,6 +219,48 @@ absl::StatusOr<PayloadView> ValidatePayload(absl::Span<const uint8_t> bytes) {
   return PayloadView{*h, bytes};
 }
 
+struct IncrementalValidator::State {
+  XXH3_state_t* xxh = nullptr;
+  bool started = false;  // xxh reset for the current payload
+};
+
+IncrementalValidator::IncrementalValidator() : state_(new State) {}
+
+IncrementalValidator::~IncrementalValidator() {
+  if (state_->xxh != nullptr) XXH3_freeState(state_->xxh);
+  delete state_;
+}
+
+void IncrementalValidator::Reset() {
+  hashed_ = kPayloadHeaderBytes;  // the body starts after the header
+  state_->started = false;
+}
+
+bool IncrementalValidator::Start() {
+  if (state_->started) return true;
+  if (state_->xxh == nullptr) state_->xxh = XXH3_createState();
+  state_->started = state_->xxh != nullptr && XXH3_64bits_reset(state_->xxh) == XXH_OK;
+  return state_->started;
+}
+
+void IncrementalValidator::Update(absl::Span<const uint8_t> prefix) {
+  // The checksum state is made at the first body bytes, not up front.
+  if (prefix.size() <= hashed_ || !Start()) return;
+  XXH3_64bits_update(state_->xxh, prefix.data() + hashed_, prefix.size() - hashed_);
+  hashed_ = prefix.size();
+}
+
+absl::Status IncrementalValidator::Finish(absl::Span<const uint8_t> payload) {
+  absl::StatusOr<PayloadHeader> h = ParseHeader(payload);
+  if (!h.ok()) return h.status();
+  Update(payload);
+  if (!Start()) return absl::ResourceExhaustedError("cannot allocate a checksum state");
+  if (XXH3_64bits_digest(state_->xxh) != h->body_xxh3) {
+    return absl::DataLossError("block payload checksum mismatch");
+  }
+  return absl::OkStatus();
+}
+
 namespace {
 ChainHash Sha256(std::initializer_list<absl::Span<const uint8_t>> parts) {
   ChainHash out{};

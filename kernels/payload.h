@@ -112,6 +112,38 @@ absl::StatusOr<PayloadHeader> ParseHeader(absl::Span<const uint8_t> bytes);
 // Never reads outside `bytes`.
 absl::StatusOr<PayloadView> ValidatePayload(absl::Span<const uint8_t> bytes);
 
+// ValidatePayload for a payload whose bytes arrive in order, so that the body checksum
+// is computed on bytes just received (still in cache) instead of in one pass at the end:
+//
+//   IncrementalValidator v;
+//   ... as bytes arrive:  v.Update(absl::MakeConstSpan(buf.data(), arrived));
+//   absl::Status s = v.Finish(buf);   // == ValidatePayload(buf).status()
+//
+// Update takes the prefix of the payload received so far (it may be re-allocated
+// between calls) and hashes its body bytes not hashed yet; Finish hashes the rest of the
+// whole payload, then parses the header and compares the checksum, with ValidatePayload's
+// codes and messages. Reset starts a new payload; a fresh validator needs none. The
+// checksum state is allocated at the first body bytes (cheap to hold one per block of a
+// long Get). Not thread-safe.
+class IncrementalValidator {
+ public:
+  IncrementalValidator();
+  ~IncrementalValidator();
+  IncrementalValidator(const IncrementalValidator&) = delete;
+  IncrementalValidator& operator=(const IncrementalValidator&) = delete;
+
+  void Reset();
+  void Update(absl::Span<const uint8_t> prefix);
+  absl::Status Finish(absl::Span<const uint8_t> payload);
+
+ private:
+  struct State;
+  // The checksum state, reset for this payload; false if it cannot be made.
+  bool Start();
+  State* state_;                           // the XXH3 state, made at first use
+  uint64_t hashed_ = kPayloadHeaderBytes;  // payload bytes covered (the header counts)
+};
+
 // XXH3-64 (seed 0) of a byte range.
 uint64_t Xxh3(absl::Span<const uint8_t> bytes);
 

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 
 namespace kvtier::kernels {
@@ -67,6 +68,40 @@ TEST(PayloadTest, BodyBitFlipIsDataLoss) {
   auto bytes = MakePayload(MakeTilesHeader(Preset::kK4V2G128, 128, 2, 1));
   bytes[64 + 1000] ^= 0x10;
   EXPECT_EQ(ValidatePayload(bytes).status().code(), absl::StatusCode::kDataLoss);
+}
+
+// IncrementalValidator agrees with ValidatePayload, whatever the pieces the bytes arrive in,
+// on good payloads, flipped body bits, a corrupt header and a wrong size; one validator
+// serves several payloads through Reset.
+TEST(PayloadTest, IncrementalValidatorAgreesWithValidatePayload) {
+  const auto good = MakePayload(MakeTilesHeader(Preset::kK4V2G128, 128, 3, 2));
+  auto flipped = good;
+  flipped[64 + 20000] ^= 0x01;
+  auto bad_header = good;
+  bad_header[20] ^= 0x01;
+  auto short_one = good;
+  short_one.pop_back();
+  IncrementalValidator v;
+  const std::vector<uint8_t>* const cases[] = {&good, &flipped, &bad_header, &short_one, &good};
+  for (const std::vector<uint8_t>* bytes : cases) {
+    const absl::Status want = ValidatePayload(*bytes).status();
+    for (size_t piece : {size_t{1}, size_t{63}, size_t{64}, size_t{4097}, bytes->size()}) {
+      v.Reset();
+      for (size_t end = 0; end < bytes->size(); end += piece) {
+        v.Update(absl::MakeConstSpan(bytes->data(), std::min(bytes->size(), end + piece)));
+      }
+      const absl::Status got = v.Finish(*bytes);
+      EXPECT_EQ(got.code(), want.code()) << piece << ": " << got;
+      EXPECT_EQ(got.message(), want.message()) << piece;
+    }
+    v.Reset();  // nothing fed: Finish hashes the whole payload itself
+    EXPECT_EQ(v.Finish(*bytes).code(), want.code());
+    IncrementalValidator fresh;  // no Reset before the first payload
+    fresh.Update(absl::MakeConstSpan(bytes->data(), bytes->size() / 2));
+    EXPECT_EQ(fresh.Finish(*bytes).code(), want.code());
+  }
+  EXPECT_TRUE(ValidatePayload(good).ok());
+  EXPECT_EQ(ValidatePayload(flipped).status().code(), absl::StatusCode::kDataLoss);
 }
 
 TEST(PayloadTest, HeaderFieldCorruptionIsInvalidArgument) {

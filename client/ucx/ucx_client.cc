@@ -17,7 +17,6 @@
 #include "absl/synchronization/notification.h"
 #include "common/status_macros.h"
 #include "common/ucx/ucx_status.h"
-#include "kernels/xxh3.h"
 #include "proto/kvtier/v1/wire.h"
 
 namespace kvtier::client {
@@ -272,7 +271,7 @@ class UcxConnection::Impl {
   // next piece); at the end every hit is exactly kernels::ValidatePayload-checked (header
   // parsed, body checksum compared) or becomes a kDataLoss block without bytes.
   void WaitAndCheck(Pending& p) {
-    std::vector<BodyCheck> checks(p.blocks.size());
+    std::vector<kernels::IncrementalValidator> checks(p.blocks.size());
     std::vector<std::pair<std::shared_ptr<BlockRecv>, uint64_t>> todo;
     bool finished = false;
     while (!finished) {
@@ -291,7 +290,9 @@ class UcxConnection::Impl {
         p.arrived.clear();
         finished = p.finished;
       }
-      for (const auto& [r, ready] : todo) checks[r->index].Update(*r, ready);
+      for (const auto& [r, ready] : todo) {
+        checks[r->index].Update(absl::MakeConstSpan(r->bytes.data(), ready));
+      }
     }
     p.done.WaitForNotification();
     if (!p.status.ok()) return;
@@ -300,7 +301,10 @@ class UcxConnection::Impl {
       BlockRecv* r = p.recv[i].get();
       UcxGetBlock& b = p.blocks[i];
       if (r == nullptr || !b.status.ok()) continue;
-      absl::Status valid = checks[i].Finish(*r);
+      absl::Status valid = r->ready != r->total
+                               ? absl::DataLossError(absl::StrCat("block has ", r->ready, " of ",
+                                                                  r->total, " bytes"))
+                               : checks[i].Finish(r->bytes);
       if (!valid.ok()) {
         b.status = absl::DataLossError(
             absl::StrCat("received block failed validation: ", valid.message()));
@@ -329,49 +333,6 @@ class UcxConnection::Impl {
     size_t piece;
   };
   friend class UcxConnection;
-
-  // The body checksum of one hit, computed over its bytes in order as they arrive.
-  class BodyCheck {
-   public:
-    BodyCheck() = default;
-    BodyCheck(const BodyCheck&) = delete;
-    BodyCheck& operator=(const BodyCheck&) = delete;
-    ~BodyCheck() {
-      if (state_ != nullptr) XXH3_freeState(state_);
-    }
-    // Hashes r's body bytes in [hashed so far, ready).
-    void Update(const BlockRecv& r, uint64_t ready) {
-      if (!started_) {
-        started_ = true;
-        state_ = XXH3_createState();
-        ok_ = state_ != nullptr && XXH3_64bits_reset(state_) == XXH_OK;
-      }
-      ready = std::min<uint64_t>(ready, r.bytes.size());
-      if (!ok_ || ready <= hashed_) return;
-      XXH3_64bits_update(state_, r.bytes.data() + hashed_, ready - hashed_);
-      hashed_ = ready;
-    }
-    // After the last byte arrived: the header parses and the body checksum matches.
-    absl::Status Finish(const BlockRecv& r) {
-      Update(r, r.bytes.size());
-      if (!ok_) return absl::ResourceExhaustedError("cannot allocate a checksum state");
-      if (r.ready != r.total || r.bytes.size() != r.total) {
-        return absl::DataLossError(absl::StrCat("block has ", r.ready, " of ", r.total, " bytes"));
-      }
-      absl::StatusOr<kernels::PayloadHeader> h = kernels::ParseHeader(r.bytes);
-      if (!h.ok()) return h.status();
-      if (XXH3_64bits_digest(state_) != h->body_xxh3) {
-        return absl::DataLossError("block payload checksum mismatch");
-      }
-      return absl::OkStatus();
-    }
-
-   private:
-    XXH3_state_t* state_ = nullptr;
-    bool started_ = false;
-    bool ok_ = false;
-    uint64_t hashed_ = kernels::kPayloadHeaderBytes;  // the body starts after the header
-  };
 
   // ---- loop thread ----
 

@@ -51,7 +51,9 @@ class UcxTransportTest : public ::testing::TestWithParam<int> {
  protected:
   void SetUp() override { StartServer(UcxDataPlaneOptions()); }
 
+  // Starts the data plane (stopping the running one first) over a fresh store.
   void StartServer(UcxDataPlaneOptions o) {
+    if (server_) server_->Stop();
     o.store_threads = GetParam();
     storage::TieredStoreOptions so;
     so.memory_capacity_bytes = uint64_t{1} << 30;
@@ -311,7 +313,6 @@ TEST_P(UcxTransportTest, CorruptMissingOrShortPiecesAreDataLossNeverWrongBytes) 
   const std::pair<F, const char*> faults[] = {
       {F::kFlipBit, "checksum mismatch"}, {F::kSkipPiece, "was due"}, {F::kShortPiece, "was due"}};
   for (const auto& [fault, why] : faults) {
-    server_->Stop();
     UcxDataPlaneOptions o;
     o.get_fault_for_testing = fault;
     StartServer(o);
@@ -347,7 +348,6 @@ TEST_P(UcxTransportTest, CorruptMissingOrShortPiecesAreDataLossNeverWrongBytes) 
 TEST_P(UcxTransportTest, RepeatedPutSizeUsesPreparedBuffersUnlessDisabled) {
   for (int ready : {4, 0}) {
     SCOPED_TRACE(ready);
-    server_->Stop();
     UcxDataPlaneOptions o;
     o.ready_put_buffers = ready;
     StartServer(o);
@@ -413,7 +413,6 @@ TEST_P(UcxTransportTest, GetReceivesIntoPreparedBuffersOfTheLastSize) {
 // inline_gets runs Get's store call on the loop thread even with store threads; hits,
 // misses and the bytes are the same as through the pool.
 TEST_P(UcxTransportTest, InlineGetsServeHitsAndMissesOnTheLoopThread) {
-  server_->Stop();
   UcxDataPlaneOptions o;
   o.inline_gets = true;
   StartServer(o);
@@ -504,7 +503,6 @@ TEST_P(UcxTransportTest, GetAnswersHitsAndMissesInOrder) {
 }
 
 TEST_P(UcxTransportTest, PutMemoryBudgetQueuesRendezvousPutsInsteadOfFailing) {
-  server_->Stop();
   UcxDataPlaneOptions o;
   o.max_inflight_put_bytes = 1 << 20;  // smaller than one payload: one at a time
   StartServer(o);
@@ -744,7 +742,6 @@ TEST_P(UcxTransportTest, RequestWithoutAnswerInTimeIsDeadlineExceeded) {
 }
 
 TEST_P(UcxTransportTest, ClientClosingWithQueuedPutsLeavesTheServerServing) {
-  server_->Stop();
   UcxDataPlaneOptions o;
   o.max_inflight_put_bytes = 1 << 20;  // the server pulls one payload at a time
   StartServer(o);

@@ -16,10 +16,6 @@ constexpr absl::Duration kRecycleGrace = absl::Milliseconds(20);
 
 }  // namespace
 
-std::shared_ptr<std::vector<uint8_t>> PutBuffers::Allocate(size_t n) {
-  return std::shared_ptr<std::vector<uint8_t>>(AllocateVector(n).release());
-}
-
 std::unique_ptr<std::vector<uint8_t>> PutBuffers::AllocateVector(size_t n) {
   auto buf = std::make_unique<std::vector<uint8_t>>();
   buf->reserve(n);

@@ -90,11 +90,6 @@ class PutBuffers {
 
   Stats stats() const;
 
-  // A fresh buffer of n bytes (zeros), its pages mapped in one call where the kernel
-  // supports it (MADV_POPULATE_WRITE, Linux 5.14) rather than one fault per page. Not
-  // recycled.
-  static std::shared_ptr<std::vector<uint8_t>> Allocate(size_t n);
-
  private:
   // Everything the background thread and returning buffers touch; shared with the
   // buffers' deleters, which may run after the PutBuffers is gone.
@@ -116,6 +111,8 @@ class PutBuffers {
   // The prepared buffer for n or null; updates the hot size and stats (`allocated` counts
   // a miss when `counts_allocation`).
   std::shared_ptr<std::vector<uint8_t>> TakePrepared(size_t n, bool counts_allocation);
+  // A fresh buffer of n bytes (zeros), its pages mapped in one call where the kernel
+  // supports it (MADV_POPULATE_WRITE, Linux 5.14) rather than one fault per page.
   static std::unique_ptr<std::vector<uint8_t>> AllocateVector(size_t n);
   // v as a handed-out buffer: one that comes back when dropped (options.recycle), or not.
   std::shared_ptr<std::vector<uint8_t>> Owned(std::unique_ptr<std::vector<uint8_t>> v);

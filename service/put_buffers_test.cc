@@ -27,9 +27,13 @@ bool WaitPrepared(const PutBuffers& b, uint64_t n) {
   return true;
 }
 
-TEST(PutBuffersTest, AllocateGivesExactlyNZeroBytes) {
+// Buffers allocated fresh (nothing prepared or recycled yet) are exactly n zero bytes.
+TEST(PutBuffersTest, FreshBuffersAreExactlyNZeroBytes) {
+  PutBuffers::Options o;
+  o.ready = 0;
+  PutBuffers b(o);
   for (size_t n : {size_t{1}, size_t{4096}, 256 * size_t{1024} + 3, 4 * kMiB + 960}) {
-    auto buf = PutBuffers::Allocate(n);
+    auto buf = b.Take(n);
     ASSERT_NE(buf, nullptr);
     EXPECT_EQ(buf->size(), n);
     EXPECT_TRUE(AllZero(*buf)) << n;

@@ -393,7 +393,7 @@ struct Series {
   uint64_t errors = 0;               // summed over rounds
   std::vector<double> latencies_ms;  // pooled over rounds; sorted by Finish()
 
-  void Add(PhaseResult r) {
+  void Add(const PhaseResult& r) {
     gbps.push_back(Gbps(r));
     ops_s.push_back(OpsPerSecond(r));
     errors += r.errors;
@@ -430,16 +430,26 @@ class Bench {
     std::fflush(stderr);
     const uint64_t epoch = op == Op::kPut ? ++epoch_ : 0;  // fresh keys for every put phase
     PhaseResult r = RunPhase(clients, duration_, [&](int id) -> std::unique_ptr<Worker> {
+      if (is_redis) {
+        switch (op) {
+          case Op::kPut:
+            return std::make_unique<RedisPut>(redis_port_, payload, id, epoch);
+          case Op::kGet:
+            return std::make_unique<RedisGet>(redis_port_, keys, id);
+          case Op::kLookup:
+            return std::make_unique<RedisExists>(redis_port_, keys);
+        }
+        return nullptr;
+      }
+      auto c = Connect(endpoint_, kind);
+      if (c == nullptr) return nullptr;  // RunPhase counts every op of a missing worker as an error
       switch (op) {
         case Op::kPut:
-          if (is_redis) return std::make_unique<RedisPut>(redis_port_, payload, id, epoch);
-          return std::make_unique<KvPut>(Connect(endpoint_, kind), payload, id, epoch);
+          return std::make_unique<KvPut>(std::move(c), payload, id, epoch);
         case Op::kGet:
-          if (is_redis) return std::make_unique<RedisGet>(redis_port_, keys, id);
-          return std::make_unique<KvGet>(Connect(endpoint_, kind), keys, id);
+          return std::make_unique<KvGet>(std::move(c), keys, id);
         case Op::kLookup:
-          if (is_redis) return std::make_unique<RedisExists>(redis_port_, keys);
-          return std::make_unique<KvLookup>(Connect(endpoint_, kind), keys);
+          return std::make_unique<KvLookup>(std::move(c), keys);
       }
       return nullptr;
     });

@@ -5,13 +5,17 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <httplib.h>
 #include <openssl/rand.h>
+#include <sched.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <thread>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -32,6 +36,8 @@ namespace kvtier::service {
 const char* ServerVersion() { return "0.1.0"; }
 
 namespace {
+
+constexpr int kMaxUcxWorkers = 64;
 
 namespace v1 = ::kvtier::v1;
 using storage::BlockKey;
@@ -155,7 +161,8 @@ struct State {
   UcxSessions sessions;
   Limits limits;
   int max_streams = 1024;
-  int ucx_port = 0;
+  std::vector<int> ucx_ports;                // one per UCX worker; set before gRPC starts
+  std::atomic<uint64_t> next_ucx_worker{0};  // OpenUcxSession hands out workers in turn
   absl::Duration session_ttl = absl::Hours(1);
   std::atomic<int> streams{0};
   std::atomic<int> inflight{0};  // requests between RequestScope start and Done
@@ -773,13 +780,15 @@ class KvTierService final : public KvTierCallbackBase {
   absl::Status DoOpenUcxSession(grpc::CallbackServerContext* ctx,
                                 v1::OpenUcxSessionResponse* resp) {
     KVTIER_ASSIGN_OR_RETURN(Grant g, Authenticate(st_, ctx));
-    if (st_->ucx_port == 0) {
+    if (st_->ucx_ports.empty()) {
       return absl::FailedPreconditionError("the UCX data plane is disabled on this server");
     }
     const absl::Time expires = absl::Now() + st_->session_ttl;
     KVTIER_ASSIGN_OR_RETURN(std::string token, st_->sessions.Mint(g, expires));
     resp->set_session_token(token);
-    resp->set_ucx_port(static_cast<uint32_t>(st_->ucx_port));
+    // A session is valid on every worker; the port only spreads the connections.
+    const uint64_t worker = st_->next_ucx_worker.fetch_add(1, std::memory_order_relaxed);
+    resp->set_ucx_port(static_cast<uint32_t>(st_->ucx_ports[worker % st_->ucx_ports.size()]));
     resp->set_expires_unix_ms(static_cast<uint64_t>(absl::ToUnixMillis(expires)));
     return absl::OkStatus();
   }
@@ -841,6 +850,17 @@ class ServerImpl final : public Server {
     memory_capacity_ = o.store.memory_capacity_bytes;
     disk_capacity_ = o.store.disk_path.empty() ? 0 : o.store.disk_capacity_bytes;
 
+    if (o.ucx_port < 0 || o.ucx_port > 65535) {
+      return absl::InvalidArgumentError(absl::StrCat("ucx_port ", o.ucx_port, " is not a port"));
+    }
+    if (o.ucx_workers < 1 || o.ucx_workers > kMaxUcxWorkers) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ucx_workers must be 1..", kMaxUcxWorkers, ", not ", o.ucx_workers));
+    }
+    if (o.ucx_port != 0 && o.ucx_port + o.ucx_workers - 1 > 65535) {
+      return absl::InvalidArgumentError(absl::StrCat("ucx_port ", o.ucx_port, " + ", o.ucx_workers,
+                                                     " workers passes port 65535"));
+    }
 #ifdef KVTIER_HAVE_UCX_DATA_PLANE
     if (o.ucx_port != 0) {
       KVTIER_RETURN_IF_ERROR(StartUcx(o));
@@ -878,7 +898,8 @@ class ServerImpl final : public Server {
 
   int grpc_port() const override { return grpc_port_; }
   int http_port() const override { return http_port_; }
-  int ucx_port() const override { return st_.ucx_port; }
+  int ucx_port() const override { return st_.ucx_ports.empty() ? 0 : st_.ucx_ports.front(); }
+  std::vector<int> ucx_ports() const override { return st_.ucx_ports; }
 
   absl::Status Drain(absl::Duration timeout) override {
     absl::MutexLock l(&drain_mu_);
@@ -903,9 +924,12 @@ class ServerImpl final : public Server {
                    absl::FormatDuration(absl::Now() - t0).c_str());
     }
 #ifdef KVTIER_HAVE_UCX_DATA_PLANE
-    if (ucx_ != nullptr) {
+    if (!ucx_.empty()) {
+      // The workers drain side by side, each up to the drain timeout.
       const absl::Time tu = absl::Now();
-      ucx_->Stop();
+      std::vector<std::thread> stops;
+      for (auto& plane : ucx_) stops.emplace_back([p = plane.get()] { p->Stop(); });
+      for (std::thread& t : stops) t.join();
       std::fprintf(stderr, "kvtier-server: UCX stopped in %s\n",
                    absl::FormatDuration(absl::Now() - tu).c_str());
     }
@@ -946,12 +970,18 @@ class ServerImpl final : public Server {
                                   static_cast<double>(st_.grpc_put_buffers_not_ready.load()));
     }
 #ifdef KVTIER_HAVE_UCX_DATA_PLANE
-    if (ucx_ != nullptr) {
-      st_.metrics.inflight.Set({"ucx"}, static_cast<double>(ucx_->inflight_requests()));
-      const UcxDataPlaneStats u = ucx_->stats();
-      st_.metrics.put_buffers.Set({"ucx", "prepared"}, static_cast<double>(u.put_buffers_ready));
-      st_.metrics.put_buffers.Set({"ucx", "allocated"},
-                                  static_cast<double>(u.put_buffers_allocated));
+    if (!ucx_.empty()) {
+      size_t inflight = 0;
+      uint64_t ready = 0, allocated = 0;
+      for (const auto& plane : ucx_) {
+        inflight += plane->inflight_requests();
+        const UcxDataPlaneStats u = plane->stats();
+        ready += u.put_buffers_ready;
+        allocated += u.put_buffers_allocated;
+      }
+      st_.metrics.inflight.Set({"ucx"}, static_cast<double>(inflight));
+      st_.metrics.put_buffers.Set({"ucx", "prepared"}, static_cast<double>(ready));
+      st_.metrics.put_buffers.Set({"ucx", "allocated"}, static_cast<double>(allocated));
     }
 #endif
     return st_.metrics.reg.Render();
@@ -997,7 +1027,6 @@ class ServerImpl final : public Server {
     if (host == "localhost") host = "127.0.0.1";
     if (host.empty()) host = "0.0.0.0";
     uo.listen_address = host;
-    uo.port = static_cast<uint16_t>(o.ucx_port);
     uo.max_chain_length = o.limits.max_chain_length;
     uo.ready_put_buffers = o.ready_put_buffers;
     uo.put_buffers = st_.put_buffers.get();  // one pool for both Put paths
@@ -1024,17 +1053,29 @@ class ServerImpl final : public Server {
     hooks.on_get_block = [this](absl::string_view tier, absl::string_view result) {
       st_.metrics.get_blocks.Add({tier, result});
     };
-    absl::StatusOr<std::unique_ptr<UcxDataPlane>> ucx =
-        UcxDataPlane::Start(uo, st_.store.get(), std::move(hooks));
-    if (!ucx.ok()) {
-      return absl::Status(ucx.status().code(),
-                          absl::StrCat("UCX data plane: ", ucx.status().message()));
+    // Every worker runs these on its own loop thread: they only touch thread-safe state
+    // (the session table, the metrics registry, the draining flag).
+    std::vector<std::unique_ptr<UcxDataPlane>> planes;
+    std::vector<int> ports;
+    for (int i = 0; i < o.ucx_workers; ++i) {
+      uo.port = static_cast<uint16_t>(o.ucx_port + i);
+      uo.loop.name = o.ucx_workers == 1 ? "kvtier-ucx-srv" : absl::StrCat("kvtier-ucx-", i);
+      absl::StatusOr<std::unique_ptr<UcxDataPlane>> ucx =
+          UcxDataPlane::Start(uo, st_.store.get(), hooks);
+      if (!ucx.ok()) {
+        // The workers started so far stop as `planes` goes out of scope.
+        return absl::Status(ucx.status().code(),
+                            absl::StrCat("UCX data plane (worker ", i, " of ", o.ucx_workers,
+                                         ", port ", o.ucx_port + i, "): ", ucx.status().message()));
+      }
+      ports.push_back((*ucx)->port());
+      planes.push_back(*std::move(ucx));
     }
-    ucx_ = *std::move(ucx);
-    st_.ucx_port = ucx_->port();
+    ucx_ = std::move(planes);
+    st_.ucx_ports = std::move(ports);
     return absl::OkStatus();
   }
-  std::unique_ptr<UcxDataPlane> ucx_;
+  std::vector<std::unique_ptr<UcxDataPlane>> ucx_;
 #endif
 
   State st_;
@@ -1053,6 +1094,15 @@ class ServerImpl final : public Server {
 };
 
 }  // namespace
+
+int DefaultUcxWorkers() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  int cpus = 0;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) cpus = CPU_COUNT(&set);
+  if (cpus <= 0) cpus = static_cast<int>(std::thread::hardware_concurrency());
+  return std::clamp(cpus / 2, 2, 8);
+}
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
   auto s = std::make_unique<ServerImpl>();

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -19,6 +20,9 @@
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC address (host:port)");
 ABSL_FLAG(int, ucx_port, 50052, "UCX data-plane listener port; 0 disables UCX");
+ABSL_FLAG(int, ucx_workers, 0,
+          "UCX data planes (loop threads), listening on ucx_port .. ucx_port+N-1; 0 = half "
+          "the usable CPUs, 2..8");
 ABSL_FLAG(int, http_port, 9100, "HTTP port for /metrics, /healthz, /readyz");
 ABSL_FLAG(std::string, memory_capacity, "4GiB",
           "RAM tier capacity (suffixes B, KiB, MiB, GiB, TiB)");
@@ -78,6 +82,9 @@ int main(int argc, char** argv) {
   kvtier::service::ServerOptions o;
   o.listen = absl::GetFlag(FLAGS_listen);
   o.ucx_port = absl::GetFlag(FLAGS_ucx_port);
+  o.ucx_workers = absl::GetFlag(FLAGS_ucx_workers);
+  if (o.ucx_workers < 0) return Fail("--ucx_workers must not be negative");
+  if (o.ucx_workers == 0) o.ucx_workers = kvtier::service::DefaultUcxWorkers();
   o.http_port = absl::GetFlag(FLAGS_http_port);
   auto mem = kvtier::service::ParseByteSize(absl::GetFlag(FLAGS_memory_capacity));
   if (!mem.ok()) return Fail(absl::StrCat("--memory_capacity: ", mem.status().message()));
@@ -123,6 +130,8 @@ int main(int argc, char** argv) {
   };
   dump("listen", o.listen);
   dump("ucx_port", absl::StrCat(o.ucx_port));
+  dump("ucx_workers",
+       absl::StrCat(o.ucx_workers, absl::GetFlag(FLAGS_ucx_workers) == 0 ? " (auto)" : ""));
   dump("http_port", absl::StrCat(o.http_port));
   dump("memory_capacity", absl::StrCat(absl::GetFlag(FLAGS_memory_capacity), " (", *mem, " B)"));
   dump("disk_capacity", absl::StrCat(absl::GetFlag(FLAGS_disk_capacity), " (", *disk, " B)"));
@@ -164,8 +173,15 @@ int main(int argc, char** argv) {
 
   auto server = kvtier::service::Server::Start(o);
   if (!server.ok()) return Fail(std::string(server.status().ToString()));
-  std::fprintf(stderr, "kvtier-server: serving gRPC on port %d, HTTP on port %d, UCX on port %d\n",
-               (*server)->grpc_port(), (*server)->http_port(), (*server)->ucx_port());
+  const std::vector<int> ucx_ports = (*server)->ucx_ports();
+  std::string ucx = "no port";
+  if (ucx_ports.size() == 1) ucx = absl::StrCat("port ", ucx_ports[0]);
+  if (ucx_ports.size() > 1) {
+    ucx = absl::StrCat("ports ", ucx_ports.front(), "-", ucx_ports.back(), " (", ucx_ports.size(),
+                       " workers)");
+  }
+  std::fprintf(stderr, "kvtier-server: serving gRPC on port %d, HTTP on port %d, UCX on %s\n",
+               (*server)->grpc_port(), (*server)->http_port(), ucx.c_str());
 
   int sig = 0;
   sigwait(&stop_signals, &sig);

@@ -43,6 +43,7 @@ endif()
 if(KVTIER_BUILD_SERVICE AND TARGET service_integration_test AND TARGET kvtier_ucx_client
    AND TARGET kvtier_ucx_server)
   kvtier_service_test(ucx_session_test kvtier_ucx_client)
+  kvtier_service_test(ucx_workers_test kvtier_ucx_client)
 endif()
 
 # kvtier-service-bench: loopback gRPC/UCX vs Redis benchmark (not a test; see

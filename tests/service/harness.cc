@@ -10,10 +10,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -41,6 +43,27 @@ int FreePort() {
   const int port = ntohs(a.sin_port);
   close(fd);
   return port;
+}
+
+int FreePortRange(int n) {
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    const int base = FreePort();
+    if (base <= 0 || base + n - 1 > 65535) continue;
+    std::vector<int> fds;
+    bool ok = true;
+    for (int i = 0; i < n && ok; ++i) {
+      const int fd = socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      a.sin_port = htons(static_cast<uint16_t>(base + i));
+      ok = fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+      if (fd >= 0) fds.push_back(fd);
+    }
+    for (int fd : fds) close(fd);
+    if (ok) return base;
+  }
+  return -1;
 }
 
 TempDir::TempDir() {
@@ -78,7 +101,8 @@ absl::Status ServerProcess::Start(const Options& options) {
   for (int attempt = 0; attempt < 3; ++attempt) {
     grpc_port_ = FreePort();
     http_port_ = FreePort();
-    ucx_port_ = options.enable_ucx ? FreePort() : 0;
+    ucx_port_ =
+        options.enable_ucx ? FreePortRange(options.ucx_workers > 0 ? options.ucx_workers : 8) : 0;
     st = Spawn();
     if (st.code() != absl::StatusCode::kUnavailable) return st;
   }
@@ -96,6 +120,7 @@ absl::Status ServerProcess::Spawn() {
       absl::StrCat("--listen=127.0.0.1:", grpc_port_),
       absl::StrCat("--http_port=", http_port_),
       absl::StrCat("--ucx_port=", ucx_port_),
+      absl::StrCat("--ucx_workers=", options_.ucx_workers),
       absl::StrCat("--memory_capacity=", options_.memory_capacity),
       absl::StrCat("--data_dir=", options_.data_dir),
       "--drain_timeout=5s",

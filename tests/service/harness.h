@@ -24,6 +24,9 @@ namespace kvtier::testing {
 
 // A TCP port on 127.0.0.1 that was free a moment ago.
 int FreePort();
+// The first of n consecutive TCP ports on 127.0.0.1 that were free a moment ago; -1 when
+// none was found.
+int FreePortRange(int n);
 
 // A fresh directory under $TMPDIR (or /tmp), removed with its contents on destruction.
 class TempDir {
@@ -45,7 +48,8 @@ class ServerProcess {
   struct Options {
     std::string data_dir;                  // empty = RAM only
     std::vector<std::string> extra_flags;  // e.g. "--token_file=/x"
-    bool enable_ucx = false;               // picks a free --ucx_port
+    bool enable_ucx = false;               // picks free ports for --ucx_port
+    int ucx_workers = 2;                   // --ucx_workers (ports ucx_port .. +n-1); 0: auto
     std::string memory_capacity = "1GiB";
   };
   ServerProcess() = default;

@@ -560,6 +560,7 @@ int Usage() {
                "usage: kvtier-service-bench [--sizes=256KiB,1MiB,4MiB,16MiB] "
                "[--clients=1,8,64] [--transports=grpc,ucx,redis] [--seconds=2] [--rounds=1] "
                "[--ops=put,get,lookup] [--no_lookup] [--redis_warmup] [--ucx_get_piece=1MiB] "
+               "[--ucx_workers=0] "
                "[--server_flag=--flag=value ...]\n"
                "  --rounds=N (1..20): N > 1 interleaves the transports' phases in N rounds and "
                "prints medians, min/max and ratios to Redis\n");
@@ -576,6 +577,7 @@ int main(int argc, char** argv) {
   int rounds = 1;
   bool do_put = true, do_get = true, lookup = true, no_lookup = false;
   bool redis_warmup = false;
+  int ucx_workers = 0;
   std::vector<std::string> server_flags;  // extra kvtier-server flags (A/B experiments)
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -623,6 +625,12 @@ int main(int argc, char** argv) {
       }
     } else if (!value("server_flag").empty()) {
       server_flags.push_back(value("server_flag"));  // e.g. --server_flag=--ready_put_buffers=0
+    } else if (!value("ucx_workers").empty()) {
+      // kvtier-server's --ucx_workers; 0 (the default): the server's own choice.
+      if (!absl::SimpleAtoi(value("ucx_workers"), &ucx_workers) || ucx_workers < 0 ||
+          ucx_workers > 64) {
+        return Usage();
+      }
     } else if (!value("ucx_get_piece").empty()) {
       auto b = kvtier::service::ParseByteSize(value("ucx_get_piece"));  // 0: whole payloads
       if (!b.ok()) return Usage();
@@ -647,6 +655,7 @@ int main(int argc, char** argv) {
   kt::ServerProcess server;
   kt::ServerProcess::Options so;
   so.enable_ucx = true;
+  so.ucx_workers = ucx_workers;
   so.memory_capacity = capacity;
   // The server as the Helm chart deploys it: RAM tier reserved at start (--reserve_memory),
   // unless a --server_flag says otherwise (e.g. --server_flag=--reserve_memory=false).

@@ -97,9 +97,11 @@ def check_render(case, args, expect):
     grpc_port = int(flags["--listen"].rsplit(":", 1)[1])
     ucx_port = int(flags["--ucx_port"])
     http_port = int(flags["--http_port"])
+    ucx_workers = int(flags["--ucx_workers"])
     want_ports = {"grpc": grpc_port, "http": http_port}
-    if ucx_port:
-        want_ports["ucx"] = ucx_port
+    if ucx_port:  # one listener per UCX worker: ucx, ucx-1, ... on consecutive ports
+        for i in range(ucx_workers):
+            want_ports["ucx" if i == 0 else f"ucx-{i}"] = ucx_port + i
     check(ports == want_ports, f"{case}: container ports {ports} != flags {want_ports}")
 
     # Probes: /healthz and /readyz on the http port.
@@ -211,15 +213,19 @@ def check_render(case, args, expect):
         check(subset(np["spec"]["podSelector"]["matchLabels"], pod_labels), f"{case}: NetworkPolicy selects no pod")
         named = [p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"]
                  if isinstance(p["port"], str)]
-        check(set(named) == set(want_ports), f"{case}: NetworkPolicy ports {named} != {set(want_ports)}")
-        ranges = [p for rule in np["spec"]["ingress"] for p in rule["ports"] if "endPort" in p]
+        want_named = {n for n in want_ports if n in ("grpc", "http", "ucx")}
+        check(set(named) == want_named, f"{case}: NetworkPolicy ports {named} != {want_named}")
+        ranges = [(p["port"], p["endPort"]) for rule in np["spec"]["ingress"] for p in rule["ports"]
+                  if "endPort" in p]
         env = {e["name"]: e.get("value") for e in ctr["env"]}
+        want_ranges = []
+        if ucx_port and ucx_workers > 1:  # the other workers' listeners
+            want_ranges.append((ucx_port + 1, ucx_port + ucx_workers - 1))
         if ucx_port and env.get("UCX_TCP_PORT_RANGE"):
-            lo, hi = map(int, env["UCX_TCP_PORT_RANGE"].split("-"))
-            check([(r["port"], r["endPort"]) for r in ranges] == [(lo, hi)],
-                  f"{case}: NetworkPolicy does not admit UCX_TCP_PORT_RANGE")
-        else:
-            check(not ranges, f"{case}: port range admitted without UCX")
+            want_ranges.append(tuple(map(int, env["UCX_TCP_PORT_RANGE"].split("-"))))
+        check(ranges == want_ranges,
+              f"{case}: NetworkPolicy port ranges {ranges}, want {want_ranges} (UCX workers, "
+              "UCX_TCP_PORT_RANGE)")
     for sm in by_kind(docs, "ServiceMonitor"):
         (ep,) = sm["spec"]["endpoints"]
         check(ep["port"] == "http" and ep["path"] == "/metrics", f"{case}: ServiceMonitor endpoint {ep}")
@@ -277,9 +283,13 @@ def main():
                   "ServiceAccount", "StatefulSet"]
     check_render("defaults", [], {
         "kinds": base_kinds, "replicas": 3,
-        "flags": {"--listen": "0.0.0.0:50051", "--ucx_port": "50052", "--http_port": "9100",
-                  "--drain_timeout": "20s", "--memory_capacity": "4GiB", "--disk_capacity": "64GiB",
-                  "--reserve_memory": "true"}})
+        "flags": {"--listen": "0.0.0.0:50051", "--ucx_port": "50052", "--ucx_workers": "4",
+                  "--http_port": "9100", "--drain_timeout": "20s", "--memory_capacity": "4GiB",
+                  "--disk_capacity": "64GiB", "--reserve_memory": "true"}})
+    check_render("one UCX worker", ["--set", "server.ucxWorkers=1"], {
+        "kinds": base_kinds, "replicas": 3, "flags": {"--ucx_port": "50052", "--ucx_workers": "1"}})
+    check_render("eight UCX workers, custom port", ["--set", "server.ucxWorkers=8,server.ports.ucx=40000"], {
+        "kinds": base_kinds, "replicas": 3, "flags": {"--ucx_port": "40000", "--ucx_workers": "8"}})
     # Non-strict rendering (what helm does by default) gives the same output.
     p = subprocess.run([RENDERER, "--name", "kvtier", "--namespace", "kv", CHART], capture_output=True, text=True)
     check(p.returncode == 0 and p.stdout == render([])[0], "defaults: strict and non-strict renders differ")
@@ -340,6 +350,11 @@ def main():
                    "auth.enabled needs auth.tokens or auth.existingSecret")
     expect_failure("tls without cert", ["--set", "tls.enabled=true"], "needs tls.cert")
     expect_failure("same ports", ["--set", "server.ports.http=50051"], "must differ")
+    expect_failure("http among the UCX workers' ports", ["--set", "server.ports.http=50054"],
+                   "server.ports: 50054 is one of the UCX workers' ports 50052-50055")
+    expect_failure("no UCX workers", ["--set", "server.ucxWorkers=0"], "server.ucxWorkers: 0, want 1..64")
+    expect_failure("UCX workers past 65535", ["--set", "server.ports.ucx=65534"],
+                   "server.ports.ucx 65534 + server.ucxWorkers 4 passes port 65535")
     check_values_documented()
 
     if failures:

@@ -139,7 +139,10 @@ def main():
     # Ports: the contract's defaults.
     contract = open(os.path.join(root, "docs/service-contract.md")).read()
     defaults = dict(re.findall(r"^\| `(--[a-z_]+)` \| `([^`]*)`", contract, re.M))
-    want = {defaults["--listen"].rsplit(":", 1)[1], defaults["--ucx_port"], defaults["--http_port"]}
+    # UCX: a listener per worker from --ucx_port on; the default --ucx_workers=0 starts up to 8.
+    check(defaults["--ucx_workers"] == "0", "contract --ucx_workers default is not 0 (auto)")
+    ucx = int(defaults["--ucx_port"])
+    want = {defaults["--listen"].rsplit(":", 1)[1], f"{ucx}-{ucx + 7}", defaults["--http_port"]}
     exposed = {p.split("/")[0] for w, r in runtime["ins"] if w == "EXPOSE" for p in r.split()}
     check(exposed == want, f"EXPOSE {sorted(exposed)} != contract default ports {sorted(want)}")
 

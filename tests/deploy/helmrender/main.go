@@ -414,6 +414,16 @@ func fromJSON(s string) map[string]interface{} {
 	return m
 }
 
+// fromJSONArray is Helm's fromJsonArray: a JSON array, or a one-element list holding the
+// error message when the text is not one.
+func fromJSONArray(s string) []interface{} {
+	a := []interface{}{}
+	if err := json.Unmarshal([]byte(s), &a); err != nil {
+		a = []interface{}{err.Error()}
+	}
+	return a
+}
+
 func render(chartDir string, meta *ChartMeta, values map[string]interface{}, rel Release,
 	caps Capabilities, strict, notes bool) (string, string, error) {
 	tdir := filepath.Join(chartDir, "templates")
@@ -437,6 +447,7 @@ func render(chartDir string, meta *ChartMeta, values map[string]interface{}, rel
 	funcs["fromYaml"] = fromYAML
 	funcs["toJson"] = toJSON
 	funcs["fromJson"] = fromJSON
+	funcs["fromJsonArray"] = fromJSONArray
 	funcs["required"] = func(msg string, v interface{}) (interface{}, error) {
 		if v == nil {
 			return v, errors.New(msg)

@@ -85,6 +85,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if ne (len $ports) (len (uniq $ports)) }}
 {{- fail "server.ports: grpc, ucx and http must differ" }}
 {{- end }}
+{{- $workers := int $s.ucxWorkers }}
+{{- if or (lt $workers 1) (gt $workers 64) }}
+{{- fail (printf "server.ucxWorkers: %v, want 1..64" $s.ucxWorkers) }}
+{{- end }}
+{{- if ne (int $s.ports.ucx) 0 }}
+{{- $last := add (int $s.ports.ucx) (sub $workers 1) }}
+{{- if gt (int $last) 65535 }}
+{{- fail (printf "server.ports.ucx %d + server.ucxWorkers %d passes port 65535" (int $s.ports.ucx) $workers) }}
+{{- end }}
+{{- range $p := list (int $s.ports.grpc) (int $s.ports.http) }}
+{{- if and (ge $p (int $s.ports.ucx)) (le $p (int $last)) }}
+{{- fail (printf "server.ports: %d is one of the UCX workers' ports %d-%d" $p (int $s.ports.ucx) (int $last)) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if le (int .Values.terminationGracePeriodSeconds) (add (int .Values.preStopSleepSeconds) (int $s.drainTimeoutSeconds)) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds + server.drainTimeoutSeconds (%d + %d), with time left to flush RocksDB" (int .Values.terminationGracePeriodSeconds) (int .Values.preStopSleepSeconds) (int $s.drainTimeoutSeconds)) }}
 {{- end }}
@@ -127,6 +142,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 # kvtier-server flags, rendered by the kvtier Helm chart (docs/service-contract.md)
 --listen={{ $s.listenHost }}:{{ int $s.ports.grpc }}
 --ucx_port={{ int $s.ports.ucx }}
+--ucx_workers={{ int $s.ucxWorkers }}
 --http_port={{ int $s.ports.http }}
 --memory_capacity={{ $s.memoryCapacity }}
 --reserve_memory={{ $s.reserveMemory }}
@@ -155,4 +171,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- range .Values.server.extraFlags }}
 {{ . }}
 {{- end }}
+{{- end }}
+
+{{/* The UCX workers' ports as a list of {name, port}: "ucx" (ports.ucx), "ucx-1", ...
+Empty when UCX is disabled. */}}
+{{- define "kvtier.ucxPorts" -}}
+{{- $s := .Values.server }}
+{{- $out := list }}
+{{- if ne (int $s.ports.ucx) 0 }}
+{{- range $i := until (int $s.ucxWorkers) }}
+{{- $name := ternary "ucx" (printf "ucx-%d" $i) (eq $i 0) }}
+{{- $out = append $out (dict "name" $name "port" (add (int $s.ports.ucx) $i)) }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
 {{- end }}

@@ -371,9 +371,9 @@ DiskTier::ReadResult DiskTier::ReadOnce(const std::string& key, uint64_t tick) {
     id = e.pos.id;
     checksum = e.checksum;
     if (tick > 0 && tick != e.pos.tick) {
-      order_.Remove(e.pos, e.group);
+      const EvictionPos from = e.pos;
       e.pos.tick = tick;
-      order_.Add(e.pos, e.group, it->first);
+      order_.Move(from, e.pos, e.group);
     }
   }
   rocksdb::PinnableSlice value;
@@ -415,10 +415,10 @@ bool DiskTier::Touch(const std::string& key, AccessStamp stamp) {
   if (it == index_.end()) return false;
   Entry& e = it->second;
   if (e.pos.tick != stamp.tick || e.pos.depth != stamp.depth) {
-    order_.Remove(e.pos, e.group);
+    const EvictionPos from = e.pos;
     e.pos.tick = stamp.tick;
     e.pos.depth = stamp.depth;
-    order_.Add(e.pos, e.group, it->first);
+    order_.Move(from, e.pos, e.group);
   }
   return true;
 }

@@ -77,6 +77,26 @@ class EvictionIndex {
       }
     }
   }
+  // Re-stamps the entry at `from` to `to` (same group), reusing its tree nodes and key
+  // string: no allocation, unlike Remove + Add. Every Lookup and Get re-stamps each block
+  // it touches, so this is on the hot path. No-op when `from` is not present.
+  void Move(const EvictionPos& from, const EvictionPos& to, int group) {
+    auto node = all_.extract(from);
+    if (node.empty()) return;
+    node.key() = to;
+    const std::string* key = &node.mapped();  // the node (and so the string) stays put
+    all_.insert(std::move(node));
+    if (group < 0) return;
+    auto g = by_group_.find(group);
+    if (g == by_group_.end()) return;
+    auto gnode = g->second.extract(from);
+    if (gnode.empty()) {
+      g->second.emplace(to, key);
+      return;
+    }
+    gnode.key() = to;
+    g->second.insert(std::move(gnode));
+  }
   // The next victim overall (group < 0) or within a quota group, or nullopt when empty.
   // The key pointer stays valid until the entry is removed.
   std::optional<std::pair<EvictionPos, const std::string*>> Oldest(int group) const {

@@ -79,9 +79,9 @@ Payload MemoryTier::Get(const std::string& key, uint64_t tick) {
   if (it == s.map.end()) return nullptr;
   Entry& e = it->second;
   if (tick > 0 && tick != e.pos.tick) {
-    s.order.Remove(e.pos, e.group);
+    const EvictionPos from = e.pos;
     e.pos.tick = tick;
-    s.order.Add(e.pos, e.group, key);
+    s.order.Move(from, e.pos, e.group);
   }
   return e.payload;
 }
@@ -93,10 +93,10 @@ bool MemoryTier::Touch(const std::string& key, AccessStamp stamp) {
   if (it == s.map.end()) return false;
   Entry& e = it->second;
   if (stamp.tick != e.pos.tick || stamp.depth != e.pos.depth) {
-    s.order.Remove(e.pos, e.group);
+    const EvictionPos from = e.pos;
     e.pos.tick = stamp.tick;
     e.pos.depth = stamp.depth;
-    s.order.Add(e.pos, e.group, key);
+    s.order.Move(from, e.pos, e.group);
   }
   return true;
 }

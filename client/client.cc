@@ -132,12 +132,17 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
         absl::StrCat("ucx_get_piece_bytes is ", options.ucx_get_piece_bytes, "; expected 0 or ",
                      v1::wire::kMinGetPieceBytes, "..", kernels::kMaxPayloadBytes));
   }
+  if (options.ucx_connections < 1 || options.ucx_connections > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ucx_connections is ", options.ucx_connections, "; expected 1..64"));
+  }
   TransportOptions t;
   t.tls = options.tls;
   t.token = options.token;
   t.tls_server_name = options.tls_server_name;
   t.max_blocks_per_put = options.max_blocks_per_put;
   t.ucx_get_piece_bytes = options.ucx_get_piece_bytes;
+  t.ucx_connections = options.ucx_connections;
   if (options.tls) {
     absl::StatusOr<std::string> ca = ReadPem(options.tls_ca_file, "TLS CA");
     if (!ca.ok()) return ca.status();

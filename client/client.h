@@ -71,6 +71,13 @@ struct ClientOptions {
   // calling thread checksums each piece while the next one moves. 0 (whole payloads) or
   // 64 KiB..1 GiB, else Create returns kInvalidArgument. Default: 1 MiB.
   uint64_t ucx_get_piece_bytes = uint64_t{1} << 20;
+  // UCX transport: connections per endpoint, each with its own session, so each on its own
+  // UCX worker of a server that runs several (kvtier-server --ucx_workers). A Put of
+  // several blocks spreads them over up to this many connections, all in flight at once;
+  // concurrent calls from several threads take an idle connection before sharing one.
+  // Opened when first needed: a client that makes one single-block call at a time uses
+  // one. 1..64, else Create returns kInvalidArgument. Default: 4.
+  int ucx_connections = 4;
 };
 
 class Client {

@@ -67,6 +67,8 @@ struct TransportOptions {
   // UCX only: Get hits arrive in pieces of this many bytes, each checked while the next
   // moves (UcxConnectionOptions::get_piece_bytes). 0 or 64 KiB..1 GiB. Default: 1 MiB.
   uint64_t ucx_get_piece_bytes = uint64_t{1} << 20;
+  // UCX only: connections (each its own session) per endpoint (ClientOptions). Default: 4.
+  int ucx_connections = 4;
 };
 
 class Transport {

@@ -163,6 +163,15 @@ int main(int argc, char** argv) {
                  static_cast<unsigned long long>(reserved->huge_page_bytes >> 20));
   }
 
+  // SO_REUSEADDR on the UCX listeners, unless the environment says otherwise: a server
+  // killed while clients were connected leaves those connections on its ports (FIN_WAIT,
+  // TIME_WAIT), and without it a restarted server (a container restarted in its pod)
+  // could not listen there for about a minute ("Device is busy"). Set in the environment,
+  // where UCX's connection managers read it, before any thread starts (ucp_config_modify
+  // reached only the first worker's listener).
+  setenv("UCX_TCP_CM_REUSEADDR", "y", /*overwrite=*/0);
+  setenv("UCX_RDMA_CM_REUSEADDR", "y", /*overwrite=*/0);
+
   // Block the stop signals before any thread starts so that only sigwait sees them.
   sigset_t stop_signals;
   sigemptyset(&stop_signals);

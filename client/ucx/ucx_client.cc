@@ -10,6 +10,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <memory>
+#include <optional>
 #include <unordered_map>
 #include <utility>
 
@@ -797,10 +800,36 @@ absl::StatusOr<uint32_t> UcxConnection::Lookup(absl::string_view ns, uint32_t pa
   return p->response.lookup().num_present();
 }
 
-absl::StatusOr<v1::PutResponse::Outcome> UcxConnection::Put(absl::string_view ns,
-                                                            const kernels::ChainHash& chain_hash,
-                                                            uint32_t part, const uint8_t* payload,
-                                                            size_t n, absl::Duration timeout) {
+struct UcxPendingPut::State {
+  std::function<absl::StatusOr<v1::PutResponse::Outcome>()> wait;  // runs once
+  std::optional<absl::StatusOr<v1::PutResponse::Outcome>> result;
+};
+
+UcxPendingPut::UcxPendingPut(std::unique_ptr<State> state) : state_(std::move(state)) {}
+UcxPendingPut::UcxPendingPut(UcxPendingPut&&) noexcept = default;
+UcxPendingPut& UcxPendingPut::operator=(UcxPendingPut&& other) noexcept {
+  if (this != &other) {
+    if (state_ != nullptr && !state_->result.has_value()) (void)Wait();
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+UcxPendingPut::~UcxPendingPut() {
+  if (state_ != nullptr && !state_->result.has_value()) (void)Wait();
+}
+
+absl::StatusOr<v1::PutResponse::Outcome> UcxPendingPut::Wait() {
+  if (state_ == nullptr) return absl::FailedPreconditionError("moved-from UcxPendingPut");
+  if (!state_->result.has_value()) {
+    state_->result = state_->wait();
+    state_->wait = nullptr;  // drops the request and the connection it kept alive
+  }
+  return *state_->result;
+}
+
+UcxPendingPut UcxConnection::StartPut(absl::string_view ns, const kernels::ChainHash& chain_hash,
+                                      uint32_t part, const uint8_t* payload, size_t n,
+                                      absl::Duration timeout) {
   auto p = std::make_shared<Impl::Pending>();
   p->id = impl_->NextId();
   p->kind = Kind::kPut;
@@ -816,13 +845,26 @@ absl::StatusOr<v1::PutResponse::Outcome> UcxConnection::Put(absl::string_view ns
   p->request_bytes = r.SerializeAsString();
   p->data = payload;
   p->data_bytes = n;
-  impl_->Run(p, timeout);
-  KVTIER_RETURN_IF_ERROR(p->status);
-  KVTIER_RETURN_IF_ERROR(ResponseStatus(p->response));
-  if (!p->response.has_put() || p->response.put().outcomes_size() != 1) {
-    return absl::InternalError("UCX Put answer without one outcome");
-  }
-  return p->response.put().outcomes(0);
+  const bool shipped = impl_->Ship(p, timeout);
+  auto state = std::make_unique<UcxPendingPut::State>();
+  // Holds the connection's implementation (its loop thread) until the answer is taken.
+  state->wait = [impl = impl_, p, shipped]() -> absl::StatusOr<v1::PutResponse::Outcome> {
+    if (shipped) impl->Wait(*p);
+    KVTIER_RETURN_IF_ERROR(p->status);
+    KVTIER_RETURN_IF_ERROR(ResponseStatus(p->response));
+    if (!p->response.has_put() || p->response.put().outcomes_size() != 1) {
+      return absl::InternalError("UCX Put answer without one outcome");
+    }
+    return p->response.put().outcomes(0);
+  };
+  return UcxPendingPut(std::move(state));
+}
+
+absl::StatusOr<v1::PutResponse::Outcome> UcxConnection::Put(absl::string_view ns,
+                                                            const kernels::ChainHash& chain_hash,
+                                                            uint32_t part, const uint8_t* payload,
+                                                            size_t n, absl::Duration timeout) {
+  return StartPut(ns, chain_hash, part, payload, n, timeout).Wait();
 }
 
 absl::StatusOr<std::vector<UcxGetBlock>> UcxConnection::Get(

@@ -25,6 +25,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -74,6 +75,28 @@ struct UcxGetBlock {
   v1::Tier tier = v1::TIER_UNSPECIFIED;  // where the server found a hit
 };
 
+// A Put sent with UcxConnection::StartPut whose answer is taken later. Movable, not
+// copyable. Thread-compatible: one thread at a time.
+class UcxPendingPut {
+ public:
+  UcxPendingPut(UcxPendingPut&&) noexcept;
+  UcxPendingPut& operator=(UcxPendingPut&&) noexcept;
+  // Waits for the answer first when Wait was not called: the payload is never referenced
+  // after this object is gone.
+  ~UcxPendingPut();
+
+  // Blocks until the answer, the request's deadline or a connection failure, like Put;
+  // from then on the payload is no longer referenced. Later calls return the same result
+  // (kFailedPrecondition on a moved-from object).
+  absl::StatusOr<v1::PutResponse::Outcome> Wait();
+
+ private:
+  friend class UcxConnection;
+  struct State;
+  explicit UcxPendingPut(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
 class UcxConnection {
  public:
   // Connects to host:port (a name or an IP literal; the first address that resolves) and
@@ -106,6 +129,15 @@ class UcxConnection {
                                                const kernels::ChainHash& chain_hash, uint32_t part,
                                                const uint8_t* payload, size_t n,
                                                absl::Duration timeout = absl::ZeroDuration());
+
+  // Put without waiting for the answer: sends the request (the loop thread starts it at
+  // once) and returns; UcxPendingPut::Wait takes the outcome. `payload` must stay
+  // unchanged until then. Puts started back to back, on this connection or on others,
+  // are in flight together: a batch of blocks waits about one round trip, not one per
+  // block. Put(...) is StartPut(...).Wait().
+  UcxPendingPut StartPut(absl::string_view ns, const kernels::ChainHash& chain_hash, uint32_t part,
+                         const uint8_t* payload, size_t n,
+                         absl::Duration timeout = absl::ZeroDuration());
 
   // One UcxGetBlock per hash, in order. A request-level error (bad request, auth,
   // connection) is the returned status instead.

@@ -165,18 +165,25 @@ std::unique_ptr<Client> Connect(const std::string& endpoint, TransportKind kind)
   return *std::move(c);
 }
 
+// Blocks per put op (--put_batch): one Client::Put of that many blocks (kvtier), or that
+// many SETs pipelined on one connection (Redis).
+int g_put_batch = 1;
+
 class KvPut : public Worker {
  public:
   KvPut(std::unique_ptr<Client> c, const std::vector<uint8_t>* payload, uint64_t id, uint64_t epoch)
       : c_(std::move(c)), payload_(payload), id_(id), epoch_(epoch) {}
   int64_t Op(uint64_t i) override {
-    PutItem item{KeyHash(epoch_ << 32 | id_, i + 1), *payload_};
-    auto r = c_->Put(kNs, 0, absl::MakeConstSpan(&item, 1));
+    std::vector<PutItem> items;
+    for (int b = 0; b < g_put_batch; ++b) {
+      items.push_back({KeyHash(epoch_ << 32 | id_, i * g_put_batch + b + 1), *payload_});
+    }
+    auto r = c_->Put(kNs, 0, items);
     if (!r.ok()) {
       if (errors_++ < 3) std::fprintf(stderr, "put: %s\n", r.status().ToString().c_str());
       return -1;
     }
-    return static_cast<int64_t>(payload_->size());
+    return static_cast<int64_t>(payload_->size()) * g_put_batch;
   }
 
  private:
@@ -240,12 +247,22 @@ class RedisPut : public Worker {
   }
   int64_t Op(uint64_t i) override {
     if (!c_) return -1;
-    const ChainHash k = KeyHash(epoch_ << 32 | id_, i + 1);
-    auto* r = static_cast<redisReply*>(
-        redisCommand(c_, "SET %b %b", k.data(), k.size(), payload_->data(), payload_->size()));
-    const bool ok = r != nullptr && r->type == REDIS_REPLY_STATUS;
-    if (r) freeReplyObject(r);
-    return ok ? static_cast<int64_t>(payload_->size()) : -1;
+    for (int b = 0; b < g_put_batch; ++b) {
+      const ChainHash k = KeyHash(epoch_ << 32 | id_, i * g_put_batch + b + 1);
+      if (redisAppendCommand(c_, "SET %b %b", k.data(), k.size(), payload_->data(),
+                             payload_->size()) != REDIS_OK) {
+        return -1;
+      }
+    }
+    bool ok = true;
+    for (int b = 0; b < g_put_batch; ++b) {
+      void* reply = nullptr;
+      if (redisGetReply(c_, &reply) != REDIS_OK) return -1;  // the connection is unusable
+      auto* r = static_cast<redisReply*>(reply);
+      ok = ok && r != nullptr && r->type == REDIS_REPLY_STATUS;
+      if (r) freeReplyObject(r);
+    }
+    return ok ? static_cast<int64_t>(payload_->size()) * g_put_batch : -1;
   }
 
  private:
@@ -560,7 +577,7 @@ int Usage() {
                "usage: kvtier-service-bench [--sizes=256KiB,1MiB,4MiB,16MiB] "
                "[--clients=1,8,64] [--transports=grpc,ucx,redis] [--seconds=2] [--rounds=1] "
                "[--ops=put,get,lookup] [--no_lookup] [--redis_warmup] [--ucx_get_piece=1MiB] "
-               "[--ucx_workers=0] "
+               "[--ucx_workers=0] [--put_batch=1] "
                "[--server_flag=--flag=value ...]\n"
                "  --rounds=N (1..20): N > 1 interleaves the transports' phases in N rounds and "
                "prints medians, min/max and ratios to Redis\n");
@@ -625,6 +642,11 @@ int main(int argc, char** argv) {
       }
     } else if (!value("server_flag").empty()) {
       server_flags.push_back(value("server_flag"));  // e.g. --server_flag=--ready_put_buffers=0
+    } else if (!value("put_batch").empty()) {
+      if (!absl::SimpleAtoi(value("put_batch"), &g_put_batch) || g_put_batch < 1 ||
+          g_put_batch > 64) {
+        return Usage();
+      }
     } else if (!value("ucx_workers").empty()) {
       // kvtier-server's --ucx_workers; 0 (the default): the server's own choice.
       if (!absl::SimpleAtoi(value("ucx_workers"), &ucx_workers) || ucx_workers < 0 ||

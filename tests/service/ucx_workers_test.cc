@@ -191,6 +191,72 @@ TEST_F(UcxWorkersTest, ConcurrentClientsOverAllWorkersGetExactBytesAndTheServerD
   EXPECT_NE(log.find("UCX stopped in"), std::string::npos) << log;
 }
 
+TEST(UcxClientConnectionsTest, ABatchSpreadsOverConnectionsAndOneCallAtATimeUsesOne) {
+  // Four workers; the next session's port tells how many sessions clients opened so far.
+  constexpr int kFour = 4;
+  ServerProcess server;
+  ServerProcess::Options so;
+  so.enable_ucx = true;
+  so.ucx_workers = kFour;
+  ASSERT_TRUE(server.Start(so).ok());
+  auto sessions_so_far = [&] {
+    return static_cast<int>(OpenSession(server.endpoint()).ucx_port()) - server.ucx_port();
+  };
+  ASSERT_EQ(sessions_so_far(), 0);  // this probe is session 0; the next one gets worker 1
+
+  ClientOptions o;
+  o.endpoints = {server.endpoint()};
+  o.transport = TransportKind::kUcx;
+  o.timeout = absl::Seconds(20);
+  o.ucx_connections = 3;
+  {
+    // One single-block call at a time: one connection (one session) only.
+    auto c = *Client::Create(o);
+    const auto chain = RandomChain(5, 50);
+    for (int i = 0; i < 5; ++i) {
+      auto p = MakePayload(200000, 50 + i);
+      ASSERT_TRUE(c->Put(kNs, 0, std::vector<PutItem>{{chain[i], p}}).ok());
+    }
+    EXPECT_EQ(c->Lookup(kNs, 0, chain).value_or(0), 5u);
+  }
+  EXPECT_EQ(sessions_so_far(), 2);  // probe, the client's one session, this probe
+
+  // A batch of 12 blocks: spread over 3 connections (3 sessions), all exact.
+  auto c = *Client::Create(o);
+  const auto chain = RandomChain(12, 60);
+  std::vector<std::vector<uint8_t>> payloads;
+  std::vector<PutItem> items;
+  for (int i = 0; i < 12; ++i) payloads.push_back(MakePayload(i % 3 == 0 ? 5000 : 900000, 60 + i));
+  for (int i = 0; i < 12; ++i) items.push_back({chain[i], payloads[i]});
+  auto put = c->Put(kNs, 0, items);
+  ASSERT_TRUE(put.ok()) << put.status();
+  EXPECT_EQ(put->size(), 12u);
+  EXPECT_EQ(sessions_so_far(), (2 + 1 + 3) % kFour);  // 6 sessions before this probe
+  auto got = c->Get(kNs, 0, chain);
+  for (int i = 0; i < 12; ++i) {
+    ASSERT_TRUE(got[i].hit) << i << ": " << got[i].status;
+    EXPECT_EQ(got[i].payload, payloads[i]) << i;
+  }
+  // Again: every block deduplicated, through the connections already open.
+  auto again = c->Put(kNs, 0, items);
+  ASSERT_TRUE(again.ok()) << again.status();
+  for (const auto& outcome : *again) EXPECT_EQ(outcome, client::PutOutcome::kDeduplicated);
+
+  // A worker's connections dropped under the client (server restart): the batch retries on
+  // fresh sessions and succeeds.
+  server.Kill9();
+  absl::Status restarted = server.Restart();
+  ASSERT_TRUE(restarted.ok()) << restarted;
+  auto after = c->Put(kNs, 0, items);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(c->Lookup(kNs, 0, chain).value_or(0), 12u);
+
+  o.ucx_connections = 0;
+  EXPECT_EQ(Client::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o.ucx_connections = 65;
+  EXPECT_EQ(Client::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(UcxWorkersFlagsTest, BadWorkerCountsAndTakenPortsStopTheStartWithAClearError) {
   struct Case {
     std::vector<std::string> flags;

@@ -30,6 +30,7 @@ namespace {
 using client::UcxConnection;
 using client::UcxConnectionOptions;
 using client::UcxGetBlock;
+using client::UcxPendingPut;
 using kernels::ChainHash;
 using service::UcxDataPlane;
 using service::UcxDataPlaneOptions;
@@ -208,6 +209,53 @@ TEST_P(UcxTransportTest, PutGetRoundTripOfLargePayloads) {
 // Hits of every size arrive exactly whatever piece size the client asks for (0: whole);
 // a hit is sent in pieces only when it is larger than the piece size, one response per
 // piece.
+TEST_P(UcxTransportTest, StartedPutsAreInFlightTogetherAndEachWaitsForItsAnswer) {
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  // Eight puts (eager and rendezvous sizes) started back to back, then waited in reverse.
+  std::vector<Payload> payloads;
+  std::vector<ChainHash> chain;
+  std::vector<UcxPendingPut> pending;
+  for (size_t i = 0; i < 8; ++i) {
+    payloads.push_back(
+        ucx_test::PayloadOfAtLeast(700 + i, i % 2 == 0 ? (1 << 20) + i * 4096 : 2000));
+    chain.push_back(H(700 + i));
+    pending.push_back(c->StartPut(kNs, chain[i], 0, payloads[i]->data(), payloads[i]->size()));
+  }
+  for (size_t i = pending.size(); i-- > 0;) {
+    auto r = pending[i].Wait();
+    ASSERT_TRUE(r.ok()) << i << ": " << r.status();
+    EXPECT_EQ(*r, v1::PutResponse::STORED) << i;
+    EXPECT_EQ(*pending[i].Wait(), v1::PutResponse::STORED) << "a second Wait gives the same";
+  }
+  auto got = c->Get(kNs, 0, chain);
+  ASSERT_TRUE(got.ok()) << got.status();
+  for (size_t i = 0; i < chain.size(); ++i) {
+    ASSERT_TRUE((*got)[i].payload.has_value()) << i;
+    EXPECT_EQ(*(*got)[i].payload, *payloads[i]) << i;
+  }
+  // A moved-from handle says so; the moved-to one still has the answer.
+  UcxPendingPut moved = std::move(pending[0]);
+  EXPECT_EQ(pending[0].Wait().status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(moved.Wait().ok());
+
+  // Dropping a handle without Wait waits for the answer: the payload may be overwritten
+  // right after, and the stored block is still the original.
+  std::vector<uint8_t> buffer = *ucx_test::PayloadOfAtLeast(800, 4 << 20);
+  const std::vector<uint8_t> original = buffer;
+  { UcxPendingPut dropped = c->StartPut(kNs, H(800), 0, buffer.data(), buffer.size()); }
+  std::fill(buffer.begin(), buffer.end(), 0xA5);
+  auto back = c->Get(kNs, 0, std::vector<ChainHash>{H(800)});
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_TRUE((*back)[0].payload.has_value()) << (*back)[0].status;
+  EXPECT_EQ(*(*back)[0].payload, original);
+
+  // On a closed connection the started put fails with UNAVAILABLE when waited.
+  c->Close();
+  UcxPendingPut late = c->StartPut(kNs, H(801), 0, original.data(), original.size());
+  EXPECT_EQ(late.Wait().status().code(), absl::StatusCode::kUnavailable);
+}
+
 TEST_P(UcxTransportTest, GetInPiecesReturnsExactBytesForEveryPieceSize) {
   auto c = Connect();
   ASSERT_NE(c, nullptr);

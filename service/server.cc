@@ -87,6 +87,11 @@ struct ServiceMetrics {
       "kvtier_put_buffers_total",
       "Put payload buffers by source: prepared ahead (no page faults on receipt) or allocated",
       {"transport", "source"});
+  GaugeFamily& ucx_worker_connections =
+      reg.AddGauge("kvtier_ucx_worker_connections",
+                   "UCX client endpoints connected, per UCX worker", {"worker"});
+  CounterFamily& ucx_worker_requests = reg.AddCounter(
+      "kvtier_ucx_worker_requests_total", "UCX requests received, per UCX worker", {"worker"});
   GaugeFamily& build_info = reg.AddGauge("kvtier_build_info", "Build information", {"version"});
 
   void OnRequest(absl::string_view method, absl::string_view transport, absl::StatusCode code,
@@ -973,11 +978,14 @@ class ServerImpl final : public Server {
     if (!ucx_.empty()) {
       size_t inflight = 0;
       uint64_t ready = 0, allocated = 0;
-      for (const auto& plane : ucx_) {
-        inflight += plane->inflight_requests();
-        const UcxDataPlaneStats u = plane->stats();
+      for (size_t i = 0; i < ucx_.size(); ++i) {
+        inflight += ucx_[i]->inflight_requests();
+        const UcxDataPlaneStats u = ucx_[i]->stats();
         ready += u.put_buffers_ready;
         allocated += u.put_buffers_allocated;
+        const std::string worker = std::to_string(i);
+        st_.metrics.ucx_worker_connections.Set({worker}, static_cast<double>(u.connections_open));
+        st_.metrics.ucx_worker_requests.Set({worker}, static_cast<double>(u.requests));
       }
       st_.metrics.inflight.Set({"ucx"}, static_cast<double>(inflight));
       st_.metrics.put_buffers.Set({"ucx", "prepared"}, static_cast<double>(ready));

@@ -254,6 +254,7 @@ class UcxDataPlane::Impl {
       OnIteration();
       for (auto& [ep, conn] : conns_) close(ep, 0);
       conns_.clear();
+      connections_open_.store(0);
       for (std::shared_ptr<Conn>& conn : to_close_) close(conn->ep, UCP_EP_CLOSE_FLAG_FORCE);
       to_close_.clear();
       loop_->ProgressUntil(
@@ -279,6 +280,7 @@ class UcxDataPlane::Impl {
   UcxDataPlaneStats stats() const {
     UcxDataPlaneStats st;
     st.connections_accepted = connections_accepted_.load();
+    st.connections_open = connections_open_.load();
     st.requests = requests_.load();
     st.rendezvous_receives = rendezvous_receives_.load();
     st.rejected_before_receive = rejected_before_receive_.load();
@@ -352,6 +354,7 @@ class UcxDataPlane::Impl {
     it->second->failed = true;
     self->to_close_.push_back(it->second);
     self->conns_.erase(it);
+    self->connections_open_.store(self->conns_.size());
   }
 
   static ucs_status_t OnRequestAm(void* arg, const void* header, size_t header_length, void* data,
@@ -472,6 +475,7 @@ class UcxDataPlane::Impl {
     conn->ep = ep;
     conns_[ep] = std::move(conn);
     connections_accepted_.fetch_add(1);
+    connections_open_.store(conns_.size());
   }
 
   // Runs `work` (a store call) on the pool, or inline without one, then `then` with its
@@ -960,6 +964,7 @@ class UcxDataPlane::Impl {
   // Written on the loop thread, read anywhere.
   std::atomic<size_t> inflight_{0};
   std::atomic<uint64_t> connections_accepted_{0};
+  std::atomic<uint64_t> connections_open_{0};  // conns_.size(), for other threads
   std::atomic<uint64_t> requests_{0};
   std::atomic<uint64_t> rendezvous_receives_{0};
   std::atomic<uint64_t> rejected_before_receive_{0};

@@ -136,6 +136,7 @@ struct UcxDataPlaneOptions {
 // Counters since Start (for tests and debugging; metrics go through UcxHooks).
 struct UcxDataPlaneStats {
   uint64_t connections_accepted = 0;
+  uint64_t connections_open = 0;         // client endpoints connected now
   uint64_t requests = 0;                 // request AMs received
   uint64_t rendezvous_receives = 0;      // request data pulled with ucp_am_recv_data_nbx
   uint64_t rejected_before_receive = 0;  // rendezvous data dropped because the header failed

@@ -293,8 +293,11 @@ class Server:
     """kvtier-server on free loopback ports; stops it with SIGTERM and checks exit 0."""
 
     def __init__(self, binary, flagfile, tmp):
-        self.grpc_port, self.http_port = free_ports(2)
-        self.cmd = [binary, f"--flagfile={flagfile}", f"--listen=127.0.0.1:{self.grpc_port}", "--ucx_port=0",
+        # UCX on (one worker on a free port; the chart's flag file asks for more) so that
+        # the per-worker metrics are exported too.
+        self.grpc_port, self.http_port, ucx_port = free_ports(3)
+        self.cmd = [binary, f"--flagfile={flagfile}", f"--listen=127.0.0.1:{self.grpc_port}",
+                    f"--ucx_port={ucx_port}", "--ucx_workers=1",
                     f"--http_port={self.http_port}", f"--data_dir={tmp}/rocksdb", "--memory_capacity=64MiB",
                     "--disk_capacity=256MiB", "--drain_timeout=5s"]
         self.log = open(os.path.join(tmp, "server.log"), "w+")

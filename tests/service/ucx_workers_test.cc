@@ -183,6 +183,18 @@ TEST_F(UcxWorkersTest, ConcurrentClientsOverAllWorkersGetExactBytesAndTheServerD
             std::string::npos)
       << m->second;
 
+  // Per worker: every worker received requests (the sessions went to them in turn).
+  for (int w = 0; w < kWorkers; ++w) {
+    const std::string series =
+        absl::StrCat("kvtier_ucx_worker_requests_total{worker=\"", w, "\"} ");
+    const size_t at = m->second.find(series);
+    ASSERT_NE(at, std::string::npos) << series << "\n" << m->second;
+    EXPECT_GT(std::stod(m->second.substr(at + series.size())), 0.0) << series;
+    EXPECT_NE(m->second.find(absl::StrCat("kvtier_ucx_worker_connections{worker=\"", w, "\"} ")),
+              std::string::npos);
+  }
+  EXPECT_EQ(m->second.find("kvtier_ucx_worker_requests_total{worker=\"3\"}"), std::string::npos);
+
   // SIGTERM stops every worker and exits cleanly.
   auto code = server_.Terminate();
   ASSERT_TRUE(code.ok()) << code.status();

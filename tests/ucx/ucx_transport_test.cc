@@ -250,10 +250,18 @@ TEST_P(UcxTransportTest, StartedPutsAreInFlightTogetherAndEachWaitsForItsAnswer)
   ASSERT_TRUE((*back)[0].payload.has_value()) << (*back)[0].status;
   EXPECT_EQ(*(*back)[0].payload, original);
 
-  // On a closed connection the started put fails with UNAVAILABLE when waited.
+  // On a closed connection the started put fails with UNAVAILABLE when waited; the server
+  // counts the endpoint as open until it sees it go.
+  EXPECT_EQ(server_->stats().connections_open, 1u);
   c->Close();
   UcxPendingPut late = c->StartPut(kNs, H(801), 0, original.data(), original.size());
   EXPECT_EQ(late.Wait().status().code(), absl::StatusCode::kUnavailable);
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  while (server_->stats().connections_open != 0 && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(server_->stats().connections_open, 0u);
+  EXPECT_EQ(server_->stats().connections_accepted, 1u);
 }
 
 TEST_P(UcxTransportTest, GetInPiecesReturnsExactBytesForEveryPieceSize) {

@@ -91,8 +91,17 @@ class PyClient {
  public:
   PyClient(std::vector<std::string> endpoints, std::string dns_name, std::string token, bool tls,
            std::string tls_ca_file, std::string tls_cert_file, std::string tls_key_file,
-           std::string tls_server_name, double timeout_s, int max_attempts) {
+           std::string tls_server_name, double timeout_s, int max_attempts,
+           const std::string& transport, int ucx_connections) {
     client::ClientOptions o;
+    if (transport == "grpc") {
+      o.transport = client::TransportKind::kGrpc;
+    } else if (transport == "ucx") {
+      o.transport = client::TransportKind::kUcx;
+    } else {
+      throw py::value_error("transport must be \"grpc\" or \"ucx\", not \"" + transport + "\"");
+    }
+    o.ucx_connections = ucx_connections;  // 1..64, else Create's INVALID_ARGUMENT
     o.endpoints = std::move(endpoints);
     o.dns_name = std::move(dns_name);
     o.token = std::move(token);
@@ -442,12 +451,13 @@ PYBIND11_MODULE(_kvtier, m) {
 
   py::class_<PyClient>(m, "Client")
       .def(py::init<std::vector<std::string>, std::string, std::string, bool, std::string,
-                    std::string, std::string, std::string, double, int>(),
+                    std::string, std::string, std::string, double, int, const std::string&, int>(),
            py::arg("endpoints") = std::vector<std::string>{}, py::arg("dns_name") = "",
            py::arg("token") = "", py::arg("tls") = false, py::arg("tls_ca_file") = "",
            py::arg("tls_cert_file") = "", py::arg("tls_key_file") = "",
            py::arg("tls_server_name") = "", py::arg("timeout_s") = 10.0,
-           py::arg("max_attempts") = 3)
+           py::arg("max_attempts") = 3, py::arg("transport") = "grpc",
+           py::arg("ucx_connections") = 4)
       .def("lookup", &PyClient::Lookup, py::arg("namespace"), py::arg("part"), py::arg("hashes"),
            py::arg("block_tokens") = 0,
            "Leading blocks of the chain present in the cluster (the prefix hit).")

@@ -9,7 +9,8 @@
     got = c.get(ns, 0, chain[:hit])                          # numpy uint8 or None each
     k_hat, v_hat = kvtier.decode_block(got[0])
 
-Network calls and codec work release the GIL. Errors raise kvtier.KvtierError whose
+`kvtier.Client(..., transport="ucx", ucx_connections=4)` moves the calls over the servers'
+UCX data plane instead of gRPC (docs/ucx.md). Network calls and codec work release the GIL. Errors raise kvtier.KvtierError whose
 `code` attribute is the status code name ("UNAVAILABLE", "INVALID_ARGUMENT", ...); a cache
 miss is data (None / a short prefix), never an exception.
 """

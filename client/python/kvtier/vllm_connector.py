@@ -124,7 +124,8 @@ class KvtierConnector(KVConnectorBase_V1):
             tls_cert_file=extra.get("kvtier_tls_cert_file", ""),
             tls_key_file=extra.get("kvtier_tls_key_file", ""),
             tls_server_name=extra.get("kvtier_tls_server_name", ""),
-            timeout_s=float(extra.get("kvtier_timeout_s", 10.0)))
+            timeout_s=float(extra.get("kvtier_timeout_s", 10.0)),
+            transport=str(extra.get("kvtier_transport", "grpc")))
         # Scheduler side.
         self._lookups = {}  # req_id -> loadable tokens (a multiple of the tile)
         self._pending_loads = []  # LoadSpec, until the next build_connector_meta

@@ -207,6 +207,36 @@ class ServerTest(unittest.TestCase):
         self.assertIn("kvtier_", self.server.metrics())
 
 
+class UcxTest(unittest.TestCase):
+    """transport="ucx": the same calls over the UCX data plane."""
+
+    def test_put_get_over_ucx(self):
+        server = Server(extra_flags=[f"--ucx_port={free_port()}", "--ucx_workers=1"])
+        try:
+            c = kvtier.Client(endpoints=[server.endpoint], transport="ucx", ucx_connections=2)
+            rng = np.random.default_rng(21)
+            tokens = rng.integers(0, 50000, size=6 * G, dtype=np.int32)
+            chain = kvtier.chain_hashes(NS, tokens, G)
+            k, v = random_kv(rng, 2, 6 * G, 2)
+            payloads = [kvtier.encode_block(k[:, i * G:(i + 1) * G], v[:, i * G:(i + 1) * G])
+                        for i in range(6)]
+            self.assertEqual(c.put(NS, 0, chain, payloads), ["stored"] * 6)
+            self.assertEqual(c.lookup(NS, 0, chain, G), 6)
+            for g, p in zip(c.get(NS, 0, chain), payloads):
+                np.testing.assert_array_equal(g, p)
+            self.assertIn('kvtier_requests_total{method="Put",transport="ucx",code="OK"} 6',
+                          server.metrics())
+        finally:
+            server.stop()
+
+    def test_bad_transport_options(self):
+        with self.assertRaises(ValueError):
+            kvtier.Client(endpoints=["127.0.0.1:1"], transport="tcp")
+        with self.assertRaises(kvtier.KvtierError) as e:
+            kvtier.Client(endpoints=["127.0.0.1:1"], transport="ucx", ucx_connections=0)
+        self.assertEqual(e.exception.code, "INVALID_ARGUMENT")
+
+
 class FailureTest(unittest.TestCase):
     def test_unreachable_server_is_a_miss_for_lookup_and_get(self):
         c = kvtier.Client(endpoints=[f"127.0.0.1:{free_port()}"], timeout_s=1, max_attempts=1)

@@ -9,16 +9,21 @@ import numpy as np
 import kvtier
 from kvtier import vllm_types as vt
 from kvtier.vllm_connector import KvtierConnector
-from _server import Server
+from _server import Server, free_port
 
 LAYERS, HK, D, BS, NUM_BLOCKS, G = 3, 2, 128, 16, 64, 128
 NAMES = [f"model.layers.{i}.self_attn.attn" for i in range(LAYERS)]
 
 
+# Connector settings every instance of the running test class gets (the UCX class below).
+EXTRA_DEFAULTS = {}
+
+
 def config(endpoint, role="kv_both", **extra):
     cfg = vt.VllmConfig()
     cfg.kv_transfer_config.kv_role = role
-    cfg.kv_transfer_config.kv_connector_extra_config = {"kvtier_endpoints": [endpoint], **extra}
+    cfg.kv_transfer_config.kv_connector_extra_config = {"kvtier_endpoints": [endpoint],
+                                                        **EXTRA_DEFAULTS, **extra}
     cfg.cache_config.block_size = BS
     return cfg
 
@@ -225,6 +230,25 @@ class VllmConnectorTest(unittest.TestCase):
         cfg.cache_config.block_size = 48
         with self.assertRaises(ValueError):
             KvtierConnector(cfg, vt.KVConnectorRole.WORKER)
+
+
+class VllmConnectorUcxTest(VllmConnectorTest):
+    """Every test above again with kvtier_transport="ucx" (a server with UCX on)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server(extra_flags=[f"--ucx_port={free_port()}", "--ucx_workers=1"])
+        EXTRA_DEFAULTS["kvtier_transport"] = "ucx"
+
+    @classmethod
+    def tearDownClass(cls):
+        EXTRA_DEFAULTS.clear()
+        cls.server.stop()
+
+    def test_the_connector_used_ucx(self):
+        self.test_prefill_saves_and_decode_loads_within_codec_error()
+        self.assertRegex(self.server.metrics(),
+                         r'kvtier_requests_total\{method="Put",transport="ucx",code="OK"\} [1-9]')
 
 
 if __name__ == "__main__":

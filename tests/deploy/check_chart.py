@@ -283,7 +283,7 @@ def main():
                   "ServiceAccount", "StatefulSet"]
     check_render("defaults", [], {
         "kinds": base_kinds, "replicas": 3,
-        "flags": {"--listen": "0.0.0.0:50051", "--ucx_port": "50052", "--ucx_workers": "4",
+        "flags": {"--listen": "0.0.0.0:50051", "--ucx_port": "50052", "--ucx_workers": "2",
                   "--http_port": "9100", "--drain_timeout": "20s", "--memory_capacity": "4GiB",
                   "--disk_capacity": "64GiB", "--reserve_memory": "true"}})
     check_render("one UCX worker", ["--set", "server.ucxWorkers=1"], {
@@ -350,11 +350,11 @@ def main():
                    "auth.enabled needs auth.tokens or auth.existingSecret")
     expect_failure("tls without cert", ["--set", "tls.enabled=true"], "needs tls.cert")
     expect_failure("same ports", ["--set", "server.ports.http=50051"], "must differ")
-    expect_failure("http among the UCX workers' ports", ["--set", "server.ports.http=50054"],
-                   "server.ports: 50054 is one of the UCX workers' ports 50052-50055")
+    expect_failure("http among the UCX workers' ports", ["--set", "server.ports.http=50053"],
+                   "server.ports: 50053 is one of the UCX workers' ports 50052-50053")
     expect_failure("no UCX workers", ["--set", "server.ucxWorkers=0"], "server.ucxWorkers: 0, want 1..64")
-    expect_failure("UCX workers past 65535", ["--set", "server.ports.ucx=65534"],
-                   "server.ports.ucx 65534 + server.ucxWorkers 4 passes port 65535")
+    expect_failure("UCX workers past 65535", ["--set", "server.ports.ucx=65535"],
+                   "server.ports.ucx 65535 + server.ucxWorkers 2 passes port 65535")
     check_values_documented()
 
     if failures:

@@ -363,6 +363,16 @@ void RedisFlush(int port) {
   redisFree(c);
 }
 
+// One SET of `value` under `key` on `c` (untimed loads); true when Redis answered OK.
+bool RedisSet(redisContext* c, const ChainHash& key, const std::vector<uint8_t>& value) {
+  if (c == nullptr) return false;
+  auto* r = static_cast<redisReply*>(
+      redisCommand(c, "SET %b %b", key.data(), key.size(), value.data(), value.size()));
+  const bool ok = r != nullptr && r->type == REDIS_REPLY_STATUS;
+  if (r) freeReplyObject(r);
+  return ok;
+}
+
 std::string SizeName(size_t bytes) {
   char buf[32];
   if (bytes >= (size_t{1} << 20)) {
@@ -490,12 +500,11 @@ class Bench {
                  const std::vector<uint8_t>& payload) {
     auto c = Connect(endpoint_, kind);
     if (c == nullptr) return;
+    std::vector<PutItem> items;  // at most 256 blocks: one Put (--max_blocks_per_put)
+    for (const auto& k : keys) items.push_back({k, payload});
     for (int attempt = 1; attempt <= 3; ++attempt) {
       (void)c->Delete(kNs, 0, keys);
-      for (const auto& k : keys) {
-        PutItem item{k, payload};
-        (void)c->Put(kNs, 0, absl::MakeConstSpan(&item, 1));
-      }
+      (void)c->Put(kNs, 0, items);
       auto n = c->Lookup(kNs, 0, keys);
       if (n.ok() && *n == keys.size()) return;
       std::fprintf(stderr, "kvtier preload attempt %d: %s of %zu blocks present\n", attempt,
@@ -516,11 +525,7 @@ class Bench {
         std::fprintf(stderr, "redis preload: %zu of %zu keys evicted, set again\n", todo.size(),
                      keys.size());
       }
-      for (const ChainHash* k : todo) {
-        auto* r = static_cast<redisReply*>(
-            redisCommand(c, "SET %b %b", k->data(), k->size(), payload.data(), payload.size()));
-        if (r) freeReplyObject(r);
-      }
+      for (const ChainHash* k : todo) (void)RedisSet(c, *k, payload);
       todo.clear();
       for (const auto& k : keys) {
         auto* r = static_cast<redisReply*>(redisCommand(c, "EXISTS %b", k.data(), k.size()));
@@ -546,13 +551,7 @@ class Bench {
     size_t failed = 0;
     redisContext* c = RedisConnect(redis_port_);
     for (size_t i = 0; i < n; ++i) {
-      const ChainHash k = KeyHash(0xAAAAull << 32 | size, i);
-      auto* r = c == nullptr
-                    ? nullptr
-                    : static_cast<redisReply*>(redisCommand(c, "SET %b %b", k.data(), k.size(),
-                                                            payload.data(), payload.size()));
-      if (r == nullptr || r->type != REDIS_REPLY_STATUS) failed++;
-      if (r) freeReplyObject(r);
+      if (!RedisSet(c, KeyHash(0xAAAAull << 32 | size, i), payload)) failed++;
     }
     if (c) redisFree(c);
     const double s = absl::ToDoubleSeconds(absl::Now() - t0);
@@ -833,12 +832,7 @@ int main(int argc, char** argv) {
       for (const auto& h : chain) items.push_back({h, small});
       if (c != nullptr) (void)c->Put(kNs, 0, items);
       redisContext* rc = RedisConnect(redis_port);
-      for (const auto& h : chain) {
-        if (rc == nullptr) break;
-        auto* r = static_cast<redisReply*>(
-            redisCommand(rc, "SET %b %b", h.data(), h.size(), small.data(), small.size()));
-        if (r) freeReplyObject(r);
-      }
+      for (const auto& h : chain) (void)RedisSet(rc, h, small);
       if (rc) redisFree(rc);
     }
     const std::string block = "128 blocks";

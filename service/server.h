@@ -100,7 +100,8 @@ const char* ServerVersion();
 // may run on (sched_getaffinity, so a cpuset or a pinned container counts, not the whole
 // host), at least 2 and at most 8. Over CMA (one host) a worker's loop thread copies every
 // put payload it receives, about 6 GB/s of 4 MiB puts; on the 2-vCPU VM two workers took
-// 8 clients' puts from 6.6 to 9.5 GB/s and four did no better (docs/ucx.md).
+// 8 clients' puts from 6.6 to 9.5 GB/s and four did no better (alternated runs; the
+// numbers and the H200 host's scaling are in docs/ucx.md).
 int DefaultUcxWorkers();
 
 }  // namespace kvtier::service
